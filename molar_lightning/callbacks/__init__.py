@@ -1,0 +1,1 @@
+"""Lightning callbacks: ranking evaluation and results tables."""

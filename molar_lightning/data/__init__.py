@@ -1,0 +1,1 @@
+"""Raw data sources, the canonical dataset, batching and the LightningDataModules."""

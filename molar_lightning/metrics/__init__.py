@@ -1,0 +1,1 @@
+"""TorchMetrics metrics for full-ranking evaluation."""

@@ -1,0 +1,136 @@
+"""``SequentialDataModule``: one class that prepares, splits and batches any source; named subclasses
+(``MovieLensDataModule``, ...) only choose the source and its defaults.
+
+``num_items`` and ``num_users`` are known right after construction (the canonical data set is prepared, or
+read from the cache, on first access), so the CLI can link them into the model's constructor.
+Validation and test loaders never repeat a user: under DDP each rank gets a disjoint shard and the
+ranking metrics count every user exactly once.
+"""
+
+from functools import cached_property
+from typing import Optional
+
+import lightning.pytorch as pl
+import torch.distributed as dist
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from rich.console import Console
+from rich.table import Table
+from torch.utils.data import DataLoader, Dataset
+
+from molar_lightning.data.collate import collate_eval, collate_train
+from molar_lightning.data.prepare import CanonicalDataset, PrepareParams, prepare_dataset
+from molar_lightning.data.raw import InteractionSource
+from molar_lightning.data.sequence_datasets import LeaveOneOutDataset, TrainWindowDataset
+from molar_lightning.data.sources.movielens import MovieLens
+
+
+class SequentialDataModule(pl.LightningDataModule):
+    """Leave-one-out sequential recommendation data from any raw source.
+
+    Args:
+        source: the raw data set to read (a class from ``molar_lightning.data.sources``).
+        cache_dir: where prepared data sets are cached, one folder per raw files + parameters.
+        rating_threshold: keep interactions rated at least this much; null keeps every interaction.
+        min_user_interactions: k-core threshold for users (leave-one-out needs 3 in any case).
+        min_item_interactions: k-core threshold for items.
+        max_seq_len: most recent items a model sees; training windows hold at most this many inputs.
+        batch_size: training windows per batch.
+        eval_batch_size: users per validation/test/predict batch.
+        num_workers: DataLoader worker processes.
+        same_target_positives: add to each training window another window with the same last target
+            (DuoRec's supervised view).
+    """
+
+    def __init__(
+        self,
+        source: InteractionSource,
+        cache_dir: str = ".molar_cache",
+        rating_threshold: Optional[float] = None,
+        min_user_interactions: int = 0,
+        min_item_interactions: int = 0,
+        max_seq_len: int = 50,
+        batch_size: int = 128,
+        eval_batch_size: int = 512,
+        num_workers: int = 0,
+        same_target_positives: bool = False,
+    ) -> None:
+        super().__init__()
+        if max_seq_len < 1:
+            raise ValueError(f"max_seq_len must be at least 1, got {max_seq_len}")
+        self.source = source
+        self.cache_dir = cache_dir
+        self.params = PrepareParams(rating_threshold, min_user_interactions, min_item_interactions)
+        self.max_seq_len = max_seq_len
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.same_target_positives = same_target_positives
+
+    @cached_property
+    def dataset(self) -> CanonicalDataset:
+        """The canonical data set, prepared on first access and cached on disk."""
+        return prepare_dataset(self.source, self.cache_dir, self.params)
+
+    @property
+    def num_items(self) -> int:
+        return self.dataset.num_items
+
+    @property
+    def num_users(self) -> int:
+        return self.dataset.num_users
+
+    def prepare_data(self) -> None:
+        self.dataset  # noqa: B018 - prepares (once, on one process per node) before setup() runs
+
+    def print_statistics(self, console: Optional[Console] = None) -> None:
+        """Print the users / items / interactions table."""
+        table = Table(title=f"{self.source.name}: {self.dataset.path}")
+        table.add_column("statistic")
+        table.add_column("value", justify="right")
+        for name, value in self.dataset.statistics_rows():
+            table.add_row(name, value)
+        (console or Console()).print(table)
+
+    def _windows(self) -> TrainWindowDataset:
+        offsets, items = self.dataset.flat_sequences
+        return TrainWindowDataset(offsets, items, self.max_seq_len, self.same_target_positives)
+
+    def _held_out(self, split: str) -> LeaveOneOutDataset:
+        offsets, items = self.dataset.flat_sequences
+        return LeaveOneOutDataset(offsets, items, self.max_seq_len, split)
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        sampler = None
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, collate_fn=collate_eval,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self._windows(), batch_size=self.batch_size, shuffle=True, collate_fn=collate_train,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self._held_out("valid"))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self._held_out("test"))
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader(self._held_out("predict"))
+
+
+class MovieLensDataModule(SequentialDataModule):
+    """MovieLens (ML-1M or ML-100K layout) with every rating kept as an implicit interaction, as Molar does.
+
+    Every other argument is :class:`SequentialDataModule`'s (``molar fit --data.help MovieLensDataModule``
+    lists them).
+
+    Args:
+        data_dir: folder with ``ratings.dat`` + ``movies.dat`` or ``u.data`` + ``u.item``.
+        download: fetch the GroupLens archive into ``data_dir`` when its files are missing (needs internet).
+        variant: archive to download: ``ml-1m`` or ``ml-100k``.
+    """
+
+    def __init__(self, data_dir: str, download: bool = False, variant: str = "ml-1m", **kwargs) -> None:
+        super().__init__(source=MovieLens(data_dir, download=download, variant=variant), **kwargs)

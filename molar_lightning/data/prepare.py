@@ -1,0 +1,231 @@
+"""Raw interactions -> the canonical data set: filtering, k-core, id maps, chronology, leave-one-out.
+
+The result is two Arrow tables written with ``datasets`` (one row per user with the chronological item
+sequence, one row per item with its content) plus ``meta.json``. Everything is built in a temporary
+folder and renamed into place in one step, so a killed run, or a second DDP rank preparing the same data,
+never leaves a folder that reads as complete but is not. The folder name is a digest of the raw files and
+the parameters, so changing either prepares anew and an unchanged call is a cache hit.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Optional
+
+import datasets
+import numpy as np
+import pyarrow as pa
+
+from molar_lightning.data.raw import InteractionSource, RawDataError, RawInteractions
+
+FORMAT_VERSION = 1
+MIN_LEAVE_ONE_OUT_LENGTH = 3  # one training item, one validation item, one test item
+
+
+@dataclass(frozen=True)
+class PrepareParams:
+    """What preparation does to the raw interactions (part of the cache key).
+
+    Attributes:
+        rating_threshold: keep interactions rated at least this much; None keeps all (implicit feedback).
+        min_user_interactions: k-core threshold for users (users always need 3 for leave-one-out).
+        min_item_interactions: k-core threshold for items.
+    """
+
+    rating_threshold: Optional[float] = None
+    min_user_interactions: int = 0
+    min_item_interactions: int = 0
+
+
+def k_core_mask(user_codes: np.ndarray, item_codes: np.ndarray, min_user: int, min_item: int) -> np.ndarray:
+    """Boolean mask of the interactions that survive iterated k-core filtering (a fixed point).
+
+    Removing sparse items can push users under their threshold and the other way round, so both are
+    filtered until nothing changes.
+    """
+    keep = np.ones(len(user_codes), dtype=bool)
+    num_users = int(user_codes.max(initial=-1)) + 1
+    num_items = int(item_codes.max(initial=-1)) + 1
+    while True:
+        user_counts = np.bincount(user_codes[keep], minlength=num_users)
+        item_counts = np.bincount(item_codes[keep], minlength=num_items)
+        still = keep & (user_counts[user_codes] >= min_user) & (item_counts[item_codes] >= min_item)
+        if still.sum() == keep.sum():
+            return keep
+        keep = still
+
+
+def _raw_id_order(raw_ids: np.ndarray) -> np.ndarray:
+    """Order raw ids numerically when they are all integers, else as strings (stable, deterministic)."""
+    if all(raw_id.isdigit() for raw_id in raw_ids):
+        return np.argsort(raw_ids.astype(np.int64), kind="stable")
+    return np.argsort(raw_ids.astype(str), kind="stable")
+
+
+def _dense_ids(codes: np.ndarray, raw_ids: list[str], first_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Map the codes still present to contiguous ids from ``first_id`` in raw-id order.
+
+    Returns the new id of every interaction and the raw id of every new id.
+    """
+    present = np.unique(codes)
+    present_raw = np.asarray(raw_ids, dtype=object)[present]
+    present = present[_raw_id_order(present_raw)]
+    new_of_code = np.full(len(raw_ids), -1, dtype=np.int64)
+    new_of_code[present] = np.arange(first_id, first_id + len(present))
+    return new_of_code[codes], np.asarray(raw_ids, dtype=object)[present]
+
+
+def _items_table(raw: RawInteractions, item_raw_ids: np.ndarray) -> pa.Table:
+    records = [raw.items.get(raw_id) for raw_id in item_raw_ids]
+    attribute_type = pa.list_(pa.struct([("key", pa.string()), ("value", pa.string())]))
+    return pa.table({
+        "item_id": pa.array(np.arange(1, len(item_raw_ids) + 1), pa.int32()),
+        "raw_id": pa.array([str(raw_id) for raw_id in item_raw_ids], pa.string()),
+        "title": pa.array([record.title if record else "" for record in records], pa.string()),
+        "description": pa.array([record.description if record else "" for record in records], pa.string()),
+        "attributes": pa.array(
+            [[{"key": k, "value": v} for k, v in record.attributes.items()] if record else [] for record in records],
+            attribute_type,
+        ),
+        "image_path": pa.array([record.image_path if record else None for record in records], pa.string()),
+    })
+
+
+def build_canonical_tables(raw: RawInteractions, params: PrepareParams) -> tuple[pa.Table, pa.Table, dict]:
+    """Filter, re-index and order the interactions; return (sequences, items, statistics)."""
+    keep = np.ones(len(raw.user_codes), dtype=bool)
+    counts = {"raw_interactions": int(len(keep))}
+    if params.rating_threshold is not None:
+        if raw.ratings is None:
+            raise ValueError("rating_threshold is set but this source has no ratings; set it to null")
+        keep &= raw.ratings >= params.rating_threshold
+        counts["after_rating_threshold"] = int(keep.sum())
+    user_codes, item_codes = raw.user_codes[keep], raw.item_codes[keep]
+    order_in_file = np.flatnonzero(keep)
+    core = k_core_mask(user_codes, item_codes,
+                       max(params.min_user_interactions, MIN_LEAVE_ONE_OUT_LENGTH),
+                       max(params.min_item_interactions, 1))
+    if not core.any():
+        raise RawDataError(
+            f"no interaction survives filtering: {counts} -> 0 after k-core with users >= "
+            f"{max(params.min_user_interactions, MIN_LEAVE_ONE_OUT_LENGTH)} and items >= "
+            f"{max(params.min_item_interactions, 1)} interactions "
+            f"({len(np.unique(user_codes))} users and {len(np.unique(item_codes))} items before it); "
+            f"lower min_user_interactions / min_item_interactions or the rating threshold"
+        )
+    user_codes, item_codes, order_in_file = user_codes[core], item_codes[core], order_in_file[core]
+    timestamps = raw.timestamps[order_in_file]
+
+    user_ids, user_raw_ids = _dense_ids(user_codes, raw.user_raw_ids, first_id=0)
+    item_ids, item_raw_ids = _dense_ids(item_codes, raw.item_raw_ids, first_id=1)
+    # Chronological per user; equal timestamps keep their order in the raw file (a stable tie-break).
+    order = np.lexsort((order_in_file, timestamps, user_ids))
+    item_ids, timestamps, user_ids = item_ids[order], timestamps[order], user_ids[order]
+    lengths = np.bincount(user_ids, minlength=len(user_raw_ids))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+    sequences = pa.table({
+        "user_id": pa.array(np.arange(len(user_raw_ids)), pa.int32()),
+        "raw_user_id": pa.array([str(raw_id) for raw_id in user_raw_ids], pa.string()),
+        "item_ids": pa.ListArray.from_arrays(pa.array(offsets, pa.int64()).cast(pa.int32()),
+                                             pa.array(item_ids, pa.int32())),
+        "timestamps": pa.ListArray.from_arrays(pa.array(offsets, pa.int64()).cast(pa.int32()),
+                                               pa.array(timestamps, pa.int64())),
+    })
+    counts.update({
+        "users": len(user_raw_ids),
+        "items": len(item_raw_ids),
+        "interactions": int(len(item_ids)),
+        "removed_by_k_core": int((~core).sum()),
+    })
+    return sequences, _items_table(raw, item_raw_ids), counts
+
+
+class CanonicalDataset:
+    """A prepared data set on disk: per-user chronological sequences and the item table.
+
+    Args:
+        path: the folder written by :func:`prepare_dataset`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{self.path} is not a prepared data set (no meta.json); run `molar prepare`")
+        self.meta = json.loads(meta_path.read_text())
+
+    @property
+    def num_users(self) -> int:
+        return int(self.meta["statistics"]["users"])
+
+    @property
+    def num_items(self) -> int:
+        return int(self.meta["statistics"]["items"])
+
+    @cached_property
+    def sequences(self) -> datasets.Dataset:
+        return datasets.load_from_disk(str(self.path / "sequences"))
+
+    @cached_property
+    def items(self) -> datasets.Dataset:
+        return datasets.load_from_disk(str(self.path / "items"))
+
+    @cached_property
+    def flat_sequences(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(offsets [U + 1], item_ids [I])``: user ``u``'s sequence is ``item_ids[offsets[u]:offsets[u + 1]]``."""
+        column = self.sequences.data.column("item_ids").combine_chunks()
+        offsets = column.offsets.to_numpy().astype(np.int64)
+        values = column.values.to_numpy().astype(np.int64)
+        return offsets - offsets[0], values[offsets[0]:offsets[-1]]
+
+    def statistics_rows(self) -> list[tuple[str, str]]:
+        """The statistics table as (name, value) rows, including the leave-one-out split sizes."""
+        stats = self.meta["statistics"]
+        users, items, interactions = stats["users"], stats["items"], stats["interactions"]
+        rows = [("users", f"{users:,}"), ("items", f"{items:,}"), ("interactions", f"{interactions:,}"),
+                ("mean sequence length", f"{interactions / users:.2f}"),
+                ("density", f"{interactions / (users * items):.4%}"),
+                ("train / valid / test targets", f"{interactions - 3 * users:,} / {users:,} / {users:,}")]
+        if "after_rating_threshold" in stats:
+            rows.insert(0, ("after rating threshold", f"{stats['after_rating_threshold']:,}"))
+        rows.insert(0, ("raw interactions", f"{stats['raw_interactions']:,}"))
+        rows.append(("removed by k-core", f"{stats['removed_by_k_core']:,}"))
+        return rows
+
+
+def cache_key(source: InteractionSource, params: PrepareParams) -> str:
+    """Digest of the format version, the raw files and the preparation parameters."""
+    payload = json.dumps({"format": FORMAT_VERSION, "source": source.name, "files": source.fingerprint(),
+                          "params": asdict(params)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def prepare_dataset(source: InteractionSource, cache_dir: str, params: PrepareParams) -> CanonicalDataset:
+    """Return the canonical data set for ``source`` and ``params``, preparing it only on a cache miss."""
+    cache_root = Path(cache_dir)
+    final = cache_root / f"{source.name}-{cache_key(source, params)}"
+    if (final / "meta.json").is_file():
+        return CanonicalDataset(final)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    sequences, items, statistics = build_canonical_tables(source.read(), params)
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{final.name}-", dir=cache_root))
+    try:
+        datasets.Dataset(sequences).save_to_disk(str(staging / "sequences"))
+        datasets.Dataset(items).save_to_disk(str(staging / "items"))
+        meta = {"format": FORMAT_VERSION, "source": source.name, "params": asdict(params),
+                "raw_files": [str(path) for path in source.raw_files()], "statistics": statistics}
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+        try:
+            os.rename(staging, final)
+        except OSError:
+            if not (final / "meta.json").is_file():  # not a concurrent writer that finished first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return CanonicalDataset(final)

@@ -1,0 +1,99 @@
+"""Map-style datasets over the canonical per-user sequences, cut on the fly.
+
+Training does not materialise every prefix as its own row (RecBole's way, whose memory grows as
+interactions x length): each user's training sequence is tiled from its end into windows of at most
+``max_seq_len`` inputs, and every position of a window predicts the next item, so one epoch sees every
+training target exactly once. Only three integers are stored per window.
+"""
+
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+HELD_OUT = {"valid": 2, "test": 1, "predict": 0}  # items at the end of a sequence the split keeps out of its input
+
+
+class TrainWindowDataset(Dataset):
+    """Training windows of the leave-one-out training part (all but the last two items) of each sequence.
+
+    Args:
+        offsets: ``[U + 1]`` start of each user's sequence in ``items``.
+        items: ``[I]`` all sequences concatenated, chronological per user.
+        max_seq_len: most inputs per window.
+        same_target_positives: also return, per window, another window with the same last target
+            (DuoRec's supervised view); the window itself when it is the only one.
+    """
+
+    def __init__(self, offsets: np.ndarray, items: np.ndarray, max_seq_len: int,
+                 same_target_positives: bool = False) -> None:
+        self.items = items
+        lengths = np.diff(offsets) - HELD_OUT["valid"]  # training part of each sequence
+        windows_per_user = np.maximum(np.ceil((lengths - 1) / max_seq_len), 0).astype(np.int64)
+        self.users = np.repeat(np.arange(len(lengths)), windows_per_user)
+        rank_from_end = np.arange(len(self.users)) - np.repeat(np.cumsum(windows_per_user) - windows_per_user,
+                                                               windows_per_user)
+        # Inputs are items[start:end] of the user's sequence, targets items[start + 1:end + 1].
+        self.ends = offsets[self.users] + lengths[self.users] - 1 - rank_from_end * max_seq_len
+        self.starts = np.maximum(self.ends - max_seq_len, offsets[self.users])
+        self.same_target: Optional[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = None
+        if same_target_positives:
+            # Windows sorted by last target; each window knows its group's start, size and its own slot.
+            last_targets = items[self.ends]
+            order = np.argsort(last_targets, kind="stable")
+            sorted_targets = last_targets[order]
+            group_start = np.searchsorted(sorted_targets, last_targets, side="left")
+            group_size = np.searchsorted(sorted_targets, last_targets, side="right") - group_start
+            slot = np.empty_like(order)
+            slot[order] = np.arange(len(order))
+            self.same_target = (order, group_start, group_size, slot - group_start)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def window(self, index: int) -> np.ndarray:
+        return self.items[self.starts[index]:self.ends[index]]
+
+    def same_target_partner(self, index: int) -> int:
+        """A uniformly drawn other window with the same last target; ``index`` itself if there is none."""
+        order, group_start, group_size, own_slot = self.same_target
+        others = int(group_size[index]) - 1
+        if others == 0:
+            return index
+        slot = int(torch.randint(others, ()))
+        slot += slot >= own_slot[index]  # skip the window itself
+        return int(order[group_start[index] + slot])
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, int, Optional[np.ndarray]]:
+        start, end = self.starts[index], self.ends[index]
+        positive = None
+        if self.same_target is not None:
+            positive = self.window(self.same_target_partner(index))
+        return self.items[start:end], self.items[start + 1:end + 1], int(self.users[index]), positive
+
+
+class LeaveOneOutDataset(Dataset):
+    """One row per user: the history before the held-out item, and that item.
+
+    Args:
+        offsets: ``[U + 1]`` start of each user's sequence in ``items``.
+        items: ``[I]`` all sequences concatenated, chronological per user.
+        max_seq_len: most recent history items given to the model (the full history is returned too).
+        split: ``valid`` holds out the second-last item, ``test`` the last one (the validation item joins the
+            history), ``predict`` holds out nothing and returns target 0.
+    """
+
+    def __init__(self, offsets: np.ndarray, items: np.ndarray, max_seq_len: int,
+                 split: Literal["valid", "test", "predict"]) -> None:
+        self.offsets, self.items, self.max_seq_len = offsets, items, max_seq_len
+        self.held_out = HELD_OUT[split]
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, user: int) -> tuple[np.ndarray, int, int, np.ndarray]:
+        end = self.offsets[user + 1] - self.held_out
+        history = self.items[self.offsets[user]:end]
+        target = int(self.items[end]) if self.held_out else 0
+        return history[-self.max_seq_len:], target, user, history

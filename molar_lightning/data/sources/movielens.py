@@ -1,0 +1,191 @@
+"""MovieLens in its two published layouts (GroupLens; Harper and Konstan, ACM TiiS 2015).
+
+* ML-1M layout: ``ratings.dat`` (``UserID::MovieID::Rating::Timestamp``), ``movies.dat``
+  (``MovieID::Title::Genre|Genre``), latin-1 in the original release.
+* ML-100K layout: ``u.data`` (tab separated ``user item rating timestamp``) and ``u.item``
+  (``|`` separated, 19 genre flags), latin-1.
+
+Optional multimodal extras in the same folder are picked up when present: ``posters/<MovieID>.jpg`` and
+``item_text.jsonl`` (one JSON object per movie with ``movie_id``, ``description``, ``director``, ``cast``...).
+"""
+
+import io
+import json
+import shutil
+import urllib.request
+import zipfile
+from array import array
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from molar_lightning.data.raw import (
+    Codebook,
+    InteractionSource,
+    ItemRecord,
+    RawDataError,
+    RawInteractions,
+    line_error,
+)
+
+DOWNLOAD_URLS = {
+    "ml-1m": "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
+    "ml-100k": "https://files.grouplens.org/datasets/movielens/ml-100k.zip",
+}
+
+# The IMDb scrape behind item_text.jsonl writes these where it found nothing.
+MISSING_TEXT = ("nan", "It looks like we don't have any Plot Summaries")
+
+ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)
+
+
+def read_text_lines(path: Path, show_progress: bool = True) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` from a UTF-8 file, falling back to latin-1 (GroupLens' encoding)."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    lines = text.splitlines()
+    for number, line in enumerate(tqdm(lines, desc=f"reading {path.name}", unit=" lines", disable=not show_progress,
+                                       mininterval=1.0), start=1):
+        if line.strip():
+            yield number, line
+
+
+class MovieLens(InteractionSource):
+    """MovieLens ratings and movies from a local folder in the ML-1M or ML-100K layout.
+
+    Args:
+        data_dir: folder holding ``ratings.dat`` + ``movies.dat`` (ML-1M layout) or ``u.data`` + ``u.item``.
+        download: fetch the GroupLens archive named by ``variant`` into ``data_dir`` when its files are missing.
+        variant: which archive ``download`` fetches: ``ml-1m`` or ``ml-100k``.
+        show_progress: show progress bars while reading.
+    """
+
+    name = "movielens"
+
+    def __init__(self, data_dir: str, download: bool = False, variant: str = "ml-1m",
+                 show_progress: bool = True) -> None:
+        self.data_dir = Path(data_dir)
+        self.show_progress = show_progress
+        if download and not self._layout_files():
+            download_movielens(variant, self.data_dir)
+
+    def _layout_files(self) -> Optional[tuple[Path, Path, str]]:
+        for ratings, movies, separator in (("ratings.dat", "movies.dat", "::"), ("u.data", "u.item", "\t")):
+            if (self.data_dir / ratings).is_file():
+                return self.data_dir / ratings, self.data_dir / movies, separator
+        return None
+
+    def _require_layout(self) -> tuple[Path, Path, str]:
+        layout = self._layout_files()
+        if layout is None:
+            raise FileNotFoundError(
+                f"{self.data_dir} holds neither ratings.dat (ML-1M layout) nor u.data (ML-100K layout); "
+                f"point data_dir at an extracted MovieLens folder or pass download=True"
+            )
+        return layout
+
+    def raw_files(self) -> list[Path]:
+        ratings, movies, _ = self._require_layout()
+        extras = [self.data_dir / "item_text.jsonl"]
+        return [ratings] + [path for path in [movies, *extras] if path.is_file()]
+
+    def read(self) -> RawInteractions:
+        ratings_path, movies_path, separator = self._require_layout()
+        users, items = Codebook(), Codebook()
+        user_codes, item_codes, timestamps = array("q"), array("q"), array("q")
+        ratings = array("f")
+        for number, line in read_text_lines(ratings_path, self.show_progress):
+            fields = line.split(separator)
+            if len(fields) != 4:
+                raise line_error(ratings_path, number, line,
+                                 f"expected 4 fields UserID{separator}MovieID{separator}Rating{separator}Timestamp")
+            try:
+                rating, timestamp = float(fields[2]), int(fields[3])
+            except ValueError:
+                raise line_error(ratings_path, number, line, "rating or timestamp is not a number") from None
+            user_codes.append(users.code(fields[0].strip()))
+            item_codes.append(items.code(fields[1].strip()))
+            ratings.append(rating)
+            timestamps.append(timestamp)
+        if not user_codes:
+            raise RawDataError(f"{ratings_path} holds no ratings")
+        records = self._read_movies(movies_path) if movies_path.is_file() else {}
+        self._add_extras(records)
+        return RawInteractions(
+            user_codes=np.frombuffer(user_codes, dtype=np.int64),
+            item_codes=np.frombuffer(item_codes, dtype=np.int64),
+            timestamps=np.frombuffer(timestamps, dtype=np.int64),
+            ratings=np.frombuffer(ratings, dtype=np.float32),
+            user_raw_ids=users.raw_ids,
+            item_raw_ids=items.raw_ids,
+            items=records,
+        )
+
+    def _read_movies(self, path: Path) -> dict[str, ItemRecord]:
+        records: dict[str, ItemRecord] = {}
+        for number, line in read_text_lines(path, show_progress=False):
+            if path.name == "u.item":
+                fields = line.split("|")
+                if len(fields) != 5 + len(ML100K_GENRES):
+                    raise line_error(path, number, line, f"expected {5 + len(ML100K_GENRES)} '|'-separated fields")
+                genres = [name for name, flag in zip(ML100K_GENRES, fields[5:]) if flag.strip() == "1"]
+            else:
+                fields = line.split("::")
+                if len(fields) != 3:
+                    raise line_error(path, number, line, "expected 3 fields MovieID::Title::Genres")
+                genres = [genre for genre in fields[2].split("|") if genre]
+            records[fields[0].strip()] = ItemRecord(title=fields[1].strip(), attributes={"genres": ", ".join(genres)})
+        return records
+
+    def _add_extras(self, records: dict[str, ItemRecord]) -> None:
+        """Attach posters and scraped plot text when the folder has them."""
+        posters = self.data_dir / "posters"
+        if posters.is_dir():
+            for movie_id, record in records.items():
+                poster = posters / f"{movie_id}.jpg"
+                if poster.is_file():
+                    record.image_path = str(poster.resolve())
+        text_path = self.data_dir / "item_text.jsonl"
+        if not text_path.is_file():
+            return
+        for number, line in read_text_lines(text_path, show_progress=False):
+            try:
+                entry = json.loads(line)
+                record = records.setdefault(str(entry["movie_id"]), ItemRecord(title=entry.get("title", "")))
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise line_error(text_path, number, line, f"not a JSON object with a movie_id ({error})") from None
+            record.description = _present(entry.get("description"))
+            for key in ("director", "cast"):
+                value = entry.get(key) or []
+                value = _present(", ".join(v for v in value if _present(v)) if isinstance(value, list) else value)
+                if value:
+                    record.attributes[key] = value
+
+
+def _present(value: object) -> str:
+    """The text, or "" where the scrape left a placeholder."""
+    text = "" if value is None else str(value).strip()
+    return "" if any(text.startswith(marker) for marker in MISSING_TEXT) else text
+
+
+def download_movielens(variant: str, data_dir: Path) -> None:
+    """Download and extract a GroupLens MovieLens archive into ``data_dir`` (needs internet access)."""
+    if variant not in DOWNLOAD_URLS:
+        raise ValueError(f"unknown MovieLens variant {variant!r}; choose one of {sorted(DOWNLOAD_URLS)}")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with urllib.request.urlopen(DOWNLOAD_URLS[variant]) as response:
+        archive = zipfile.ZipFile(io.BytesIO(response.read()))
+    for member in archive.infolist():
+        name = Path(member.filename).name
+        if member.is_dir() or not name:
+            continue
+        with archive.open(member) as source, open(data_dir / name, "wb") as target:
+            shutil.copyfileobj(source, target)

@@ -1,0 +1,69 @@
+"""Windows, leave-one-out batches and the DataModule's loaders on the MovieLens fixture."""
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from molar_lightning.data.datamodule import MovieLensDataModule
+from molar_lightning.data.sequence_datasets import LeaveOneOutDataset, TrainWindowDataset
+
+# Two users: user 0 has 9 items, user 1 has 4 (items are just their positions, to read the cuts easily).
+OFFSETS = np.array([0, 9, 13])
+ITEMS = np.array([11, 12, 13, 14, 15, 16, 17, 18, 19, 21, 22, 23, 24])
+
+
+def test_windows_cover_every_training_target_once() -> None:
+    windows = TrainWindowDataset(OFFSETS, ITEMS, max_seq_len=3)
+    # user 0 trains on 11..17 (18 is validation, 19 test): targets 12..17 in windows of 3 cut from the end.
+    samples = [windows[i] for i in range(len(windows))]
+    cuts = [(inputs.tolist(), targets.tolist(), user) for inputs, targets, user, _ in samples]
+    assert cuts == [([14, 15, 16], [15, 16, 17], 0), ([11, 12, 13], [12, 13, 14], 0), ([21], [22], 1)]
+    targets = Counter(t for _, target_list, _ in cuts for t in target_list)
+    assert sorted(targets) == [12, 13, 14, 15, 16, 17, 22] and set(targets.values()) == {1}
+
+
+def test_held_out_items_never_reach_training() -> None:
+    windows = TrainWindowDataset(OFFSETS, ITEMS, max_seq_len=50)
+    seen = {item for i in range(len(windows)) for part in windows[i][:2] for item in part.tolist()}
+    assert not seen & {18, 19, 23, 24}
+
+
+@pytest.mark.parametrize("split, target, history", [
+    ("valid", [18, 23], [[11, 12, 13, 14, 15, 16, 17], [21, 22]]),
+    ("test", [19, 24], [[11, 12, 13, 14, 15, 16, 17, 18], [21, 22, 23]]),
+    ("predict", [0, 0], [[11, 12, 13, 14, 15, 16, 17, 18, 19], [21, 22, 23, 24]]),
+], ids=["valid", "test", "predict"])
+def test_leave_one_out_rows(split: str, target: list[int], history: list[list[int]]) -> None:
+    rows = LeaveOneOutDataset(OFFSETS, ITEMS, max_seq_len=3, split=split)
+    assert [rows[u][1] for u in range(2)] == target
+    assert [rows[u][3].tolist() for u in range(2)] == history
+    assert [rows[u][0].tolist() for u in range(2)] == [h[-3:] for h in history]
+
+
+def test_same_target_positives_share_the_last_target() -> None:
+    offsets = np.array([0, 5, 10, 15])
+    items = np.array([1, 2, 7, 8, 9, 3, 4, 7, 8, 9, 5, 6, 2, 8, 9])  # users 0 and 1 both train towards 7
+    windows = TrainWindowDataset(offsets, items, max_seq_len=10, same_target_positives=True)
+    inputs0, targets0, _, positive0 = windows[0]
+    assert targets0[-1] == 7 and positive0.tolist() == [3, 4]  # user 1's window, never its own
+    _, targets2, _, positive2 = windows[2]
+    assert targets2[-1] == 2 and positive2.tolist() == windows[2][0].tolist()  # alone: itself
+
+
+def test_datamodule_batches(ml1m_dir: Path, tmp_path: Path) -> None:
+    data = MovieLensDataModule(str(ml1m_dir), cache_dir=str(tmp_path), max_seq_len=4, batch_size=3,
+                               eval_batch_size=5)
+    assert (data.num_items, data.num_users) == (10, 12)
+    train = next(iter(data.train_dataloader()))
+    assert train.item_seq.shape == train.target_seq.shape and train.item_seq.shape[1] <= 4
+    real = train.item_seq != 0
+    assert ((train.target_seq != 0) == real).all()  # every real input has a next item
+    assert (real[:, -1]).all()  # left padding: the last column is always a real item
+    batches = list(data.val_dataloader())
+    assert sum(len(b.target) for b in batches) == 12
+    first = batches[0]
+    assert first.item_seq.shape[0] == 5 and (first.history != 0).sum(1).min() >= 1
+    for batch in batches:  # the validation target is never in the input window (no repeats in the fixture)
+        assert not (batch.item_seq == batch.target[:, None]).any()

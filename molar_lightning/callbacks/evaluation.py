@@ -1,0 +1,158 @@
+"""Full-ranking evaluation during validation and test: logs the ranking metrics and writes results files.
+
+The contract with the tasks: ``validation_step`` and ``test_step`` receive an
+:class:`~molar_lightning.batch.EvalBatch` and return ``{"user_emb": [B, D], "item_emb": [N + 1, D]}``. The
+callback ranks every user against all items with :class:`~molar_lightning.metrics.ranking.RankingMetrics`,
+logs ``val/<metric>@K`` and ``test/<metric>@K``, and writes into the run directory (the logger's
+``log_dir``, else the trainer's ``default_root_dir``) ``validation_history.json`` after every validation
+epoch and ``<results_name>.json`` plus ``<results_name>.md`` after test.
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_warn
+
+from molar_lightning.batch import EvalBatch
+from molar_lightning.metrics.ranking import METRIC_NAMES, RankingMetrics
+
+
+class RankingEvaluationCallback(pl.Callback):
+    """Ranks each evaluation user's held-out item against all items, logs the metrics and writes them to disk.
+
+    Logged values are already reduced over all processes (the metric's states are sums), so they are logged
+    without ``sync_dist``; a ``monitor:`` can name any of them, e.g. ``val/ndcg@10``. The validation history
+    is part of the callback's checkpoint state, so a resumed run keeps the epochs before the resume.
+
+    Args:
+        ks: Cut-offs K of NDCG@K, Recall@K, MRR@K and Hit@K.
+        exclude_history: Leave each user's earlier items out of the ranking (the target itself stays).
+        item_chunk_size: Items scored per matmul; memory is ``O(batch_size * item_chunk_size)``.
+        results_name: Stem of the test results files, ``<results_name>.json`` and ``<results_name>.md``.
+    """
+
+    def __init__(
+        self,
+        ks: Sequence[int] = (10, 20, 50),
+        exclude_history: bool = True,
+        item_chunk_size: int = 32768,
+        results_name: str = "results",
+    ) -> None:
+        self.val_metrics = RankingMetrics(ks, exclude_history, item_chunk_size)
+        self.test_metrics = RankingMetrics(ks, exclude_history, item_chunk_size)
+        self.results_name = results_name
+        self.validation_history: list[dict[str, float]] = []
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # The strategy moves the LightningModule only after this hook, so pl_module.device can still be the
+        # CPU here; the strategy's root device is already the one the module will be on.
+        self.val_metrics.to(trainer.strategy.root_device)
+        self.test_metrics.to(trainer.strategy.root_device)
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: EvalBatch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not trainer.sanity_checking:
+            _update(self.val_metrics, outputs, batch)
+
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: EvalBatch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        _update(self.test_metrics, outputs, batch)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            self.val_metrics.reset()
+            return
+        values = _compute_and_log(self.val_metrics, pl_module, "val")
+        if values is None:
+            return
+        self.validation_history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **values})
+        _write_in_run_dir(trainer, "validation_history.json", json.dumps(self.validation_history, indent=2))
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        values = _compute_and_log(self.test_metrics, pl_module, "test")
+        if values is None:
+            return
+        _write_in_run_dir(trainer, f"{self.results_name}.json", json.dumps(values, indent=2))
+        _write_in_run_dir(trainer, f"{self.results_name}.md", _markdown_table(values, self.test_metrics.ks))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"validation_history": list(self.validation_history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.validation_history = list(state_dict["validation_history"])
+
+
+def _update(metric: RankingMetrics, outputs: Any, batch: EvalBatch) -> None:
+    """Feed one batch to the metric when the step returned the user and item embeddings."""
+    if isinstance(outputs, Mapping) and "user_emb" in outputs and "item_emb" in outputs:
+        metric.update(outputs["user_emb"], outputs["item_emb"], batch.target, batch.history)
+
+
+def _compute_and_log(
+    metric: RankingMetrics, pl_module: pl.LightningModule, prefix: str
+) -> Optional[dict[str, float]]:
+    """Compute (reduced over all processes), reset, log as ``<prefix>/<name>``; None when no user was seen."""
+    values = metric.compute()
+    metric.reset()
+    if int(values["users"]) == 0:
+        rank_zero_warn(
+            f"{prefix}: no batch gave ranking outputs, so no ranking metrics are logged. The step must return "
+            '{"user_emb": [B, D], "item_emb": [N + 1, D]} for RankingEvaluationCallback.'
+        )
+        return None
+    for name, value in values.items():
+        pl_module.log(f"{prefix}/{name}", value if value.is_floating_point() else value.float())
+    return {name: value.item() for name, value in values.items()}
+
+
+def _markdown_table(values: Mapping[str, float], ks: Sequence[int]) -> str:
+    """Rows: metric names; columns: cut-offs; then the number of users evaluated."""
+    lines = [
+        "| metric | " + " | ".join(f"@{k}" for k in ks) + " |",
+        "|---|" + "---:|" * len(ks),
+    ]
+    for name in METRIC_NAMES:
+        lines.append(f"| {name} | " + " | ".join(f"{values[f'{name}@{k}']:.4f}" for k in ks) + " |")
+    lines.append("")
+    lines.append(f"Users evaluated: {values['users']}")
+    return "\n".join(lines) + "\n"
+
+
+def _write_in_run_dir(trainer: pl.Trainer, file_name: str, text: str) -> None:
+    """Atomically write ``text`` to the run directory, on global rank 0 only.
+
+    ``trainer.log_dir`` broadcasts from rank 0, so every rank must call this, not only rank 0.
+    """
+    log_dir = trainer.log_dir
+    run_dir = log_dir if log_dir is not None else trainer.default_root_dir
+    if not trainer.is_global_zero:
+        return
+    os.makedirs(run_dir, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=run_dir, prefix=f".{file_name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w") as f:
+            f.write(text)
+        os.replace(temporary, os.path.join(run_dir, file_name))
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise

@@ -1,0 +1,257 @@
+"""Full-ranking metrics: NDCG@K, Recall@K, MRR@K and Hit@K of one held-out item per user against all items.
+
+Items are scored by the dot product ``user_emb @ item_emb.T`` in chunks of items, so memory stays
+``[B, item_chunk_size]`` however many items there are; ``[B, N]`` is never built. Item 0 is padding and is
+never ranked. The rank of the target is the number of candidate items that score strictly higher, and exact
+ties are resolved in expectation: with ``g`` candidates above the target and ``t`` others equal to it, the
+target's 0-based rank is uniform on ``g .. g + t``, and each metric is its mean over that range. A model
+that scores every item the same therefore gets the value of a random ranking, not a perfect one.
+
+The states of :class:`RankingMetrics` are sums reduced with ``"sum"``, so the result under DDP is the
+same as on one process with all users.
+"""
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+#: Metric names, in the row order of the state ``sums`` and of every results table.
+METRIC_NAMES = ("ndcg", "recall", "mrr", "hit")
+
+
+def _item_chunks(num_items: int, item_chunk_size: int) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` id ranges covering items ``1..num_items``; item 0 (padding) is in none."""
+    for start in range(1, num_items + 1, item_chunk_size):
+        yield start, min(start + item_chunk_size, num_items + 1)
+
+
+def _chunk_scores(user_emb: Tensor, item_emb: Tensor, start: int, end: int) -> Tensor:
+    """``[B, end - start]`` scores of items ``start .. end - 1``, in the dtype both embeddings promote to."""
+    dtype = torch.promote_types(user_emb.dtype, item_emb.dtype)
+    return user_emb.to(dtype) @ item_emb[start:end].to(dtype).T
+
+
+def _history_mask(history: Tensor, start: int, end: int) -> Tensor:
+    """``[B, end - start]`` bool, True at the items of ``history [B, H]`` that fall inside the chunk.
+
+    Entries outside the chunk (padding 0 included) are sent to an extra last column that is dropped, so
+    every scatter writes True and repeated items need no deduplication.
+    """
+    width = end - start
+    in_chunk = (history >= start) & (history < end)
+    index = torch.where(in_chunk, history - start, torch.full_like(history, width))
+    mask = torch.zeros(history.shape[0], width + 1, dtype=torch.bool, device=history.device)
+    mask.scatter_(1, index, True)
+    return mask[:, :width]
+
+
+def _check_item_chunk_size(item_chunk_size: int) -> None:
+    if item_chunk_size < 1:
+        raise ValueError(f"item_chunk_size must be a positive number of items, got {item_chunk_size}.")
+
+
+@torch.no_grad()
+def target_rank_counts(
+    user_emb: Tensor,
+    item_emb: Tensor,
+    target: Tensor,
+    history: Optional[Tensor] = None,
+    exclude_history: bool = True,
+    item_chunk_size: int = 32768,
+) -> tuple[Tensor, Tensor]:
+    """How many candidate items score above the target, and how many score exactly the same.
+
+    Candidates are items ``1..N`` other than the target, minus, when ``exclude_history``, the items of
+    ``history``. The target itself is never excluded, even when it also appears in the history: a user who
+    interacts with an item again must be able to have it recommended again.
+
+    Two passes over the item chunks: the first gathers each target's score from the chunk that holds it, the
+    second counts. The target's score has to come from the same matmul, on the same chunk, as the scores it
+    is compared with. A separately computed ``(user_emb * item_emb[target]).sum(-1)`` can differ in the last
+    bits, which would turn an exact tie into "strictly higher" or "strictly lower", and a model scoring every
+    item the same would no longer get the random-ranking value. Recomputing a chunk with the same inputs and
+    shapes gives the same bits; the price is a second matmul per chunk, instead of keeping ``[B, N]`` scores.
+
+    Args:
+        user_emb: ``[B, D]`` user embeddings.
+        item_emb: ``[N + 1, D]`` item embeddings, row ``i`` for item id ``i``; row 0 is padding.
+        target: ``[B]`` held-out item ids in ``1..N``.
+        history: ``[B, H]`` item ids the user interacted with before the target, right-padded with 0.
+        exclude_history: Drop the history items (other than the target) from the candidates.
+        item_chunk_size: Items scored per matmul; memory is ``O(B * item_chunk_size)``.
+
+    Returns:
+        ``(greater, ties)``, both ``[B]`` long: candidates scoring strictly higher than the target, and
+        candidates other than the target scoring exactly the same.
+    """
+    _check_item_chunk_size(item_chunk_size)
+    num_items = item_emb.shape[0] - 1
+    if target.numel() and (int(target.min()) < 1 or int(target.max()) > num_items):
+        raise ValueError(
+            f"Targets must be item ids in 1..{num_items} (item 0 is padding), got ids from {int(target.min())} "
+            f"to {int(target.max())}. Check that the item embedding table has num_items + 1 rows."
+        )
+    if exclude_history and history is None:
+        raise ValueError("exclude_history=True needs the history [B, H]; pass it, or set exclude_history=False.")
+
+    target_score = user_emb.new_zeros(target.shape, dtype=torch.promote_types(user_emb.dtype, item_emb.dtype))
+    for start, end in _item_chunks(num_items, item_chunk_size):
+        scores = _chunk_scores(user_emb, item_emb, start, end)
+        in_chunk = (target >= start) & (target < end)
+        column = (target - start).clamp(0, end - start - 1)
+        target_score = torch.where(in_chunk, scores.gather(1, column[:, None]).squeeze(1), target_score)
+
+    greater = torch.zeros_like(target)
+    ties = torch.zeros_like(target)
+    for start, end in _item_chunks(num_items, item_chunk_size):
+        scores = _chunk_scores(user_emb, item_emb, start, end)
+        # The target is compared with the others, never with itself, and its score comes from the first
+        # pass, unmasked: excluding the history cannot remove the target, even when it is in the history.
+        candidate = torch.arange(start, end, device=target.device) != target[:, None]
+        if exclude_history:
+            candidate &= ~_history_mask(history, start, end)
+        greater += ((scores > target_score[:, None]) & candidate).sum(1)
+        ties += ((scores == target_score[:, None]) & candidate).sum(1)
+    return greater, ties
+
+
+def expected_metrics(greater: Tensor, ties: Tensor, ks: Sequence[int]) -> dict[str, Tensor]:
+    """Per-user metrics, in expectation over a uniformly random order among tied items.
+
+    The 0-based rank ``r`` is uniform on ``greater .. greater + ties``. For a per-rank value ``f(r)`` that
+    is 0 from ``r = K`` on, the mean is ``(F[min(greater + ties + 1, K)] - F[min(greater, K)]) / (ties + 1)``
+    with ``F[m] = f(0) + ... + f(m - 1)``, a cumulative-sum table of length ``max(ks) + 1``. The values of
+    ``f`` are ``1 / log2(r + 2)`` for NDCG (one relevant item, so the ideal DCG is 1), ``1 / (r + 1)`` for
+    MRR, and 1 for Recall and Hit, which coincide with one held-out item.
+
+    Args:
+        greater: ``[B]`` candidates scoring strictly higher than the target.
+        ties: ``[B]`` other candidates scoring exactly the same as the target.
+        ks: Cut-offs; a cut-off above the number of items is allowed (Recall is then 1).
+
+    Returns:
+        ``{"ndcg@K", "recall@K", "mrr@K", "hit@K"}`` for every ``K``, each ``[B]`` float64.
+    """
+    ranks = torch.arange(max(ks), dtype=torch.float64, device=greater.device)
+    gains = {"ndcg": 1.0 / torch.log2(ranks + 2), "mrr": 1.0 / (ranks + 1), "hit": torch.ones_like(ranks)}
+    gains["recall"] = gains["hit"]
+    cumulative = {name: torch.cat([ranks.new_zeros(1), gain.cumsum(0)]) for name, gain in gains.items()}
+    count = (ties + 1).to(torch.float64)
+    values = {}
+    for k in ks:
+        low = greater.clamp(max=k)
+        high = (greater + ties + 1).clamp(max=k)
+        for name in METRIC_NAMES:
+            values[f"{name}@{k}"] = (cumulative[name][high] - cumulative[name][low]) / count
+    return values
+
+
+@torch.no_grad()
+def top_k_items(
+    user_emb: Tensor,
+    item_emb: Tensor,
+    k: int,
+    history: Optional[Tensor] = None,
+    item_chunk_size: int = 32768,
+) -> tuple[Tensor, Tensor]:
+    """The ``k`` best-scoring items per user, merging per-chunk ``torch.topk`` results.
+
+    Item 0 and every item of ``history`` are left out. A user with fewer than ``k`` items left gets the
+    remaining slots filled with score ``-inf`` and item id 0.
+
+    Args:
+        user_emb: ``[B, D]`` user embeddings.
+        item_emb: ``[N + 1, D]`` item embeddings, row ``i`` for item id ``i``; row 0 is padding.
+        k: Items to return per user, at most ``N``.
+        history: ``[B, H]`` item ids to leave out, right-padded with 0.
+        item_chunk_size: Items scored per matmul; memory is ``O(B * (item_chunk_size + k))``.
+
+    Returns:
+        ``(scores, item_ids)``, both ``[B, k]``, best first.
+    """
+    _check_item_chunk_size(item_chunk_size)
+    num_items = item_emb.shape[0] - 1
+    if not 1 <= k <= num_items:
+        raise ValueError(f"k must be in 1..{num_items} (the number of items), got {k}.")
+    best_scores, best_ids = None, None
+    for start, end in _item_chunks(num_items, item_chunk_size):
+        scores = _chunk_scores(user_emb, item_emb, start, end)
+        if history is not None:
+            scores = scores.masked_fill(_history_mask(history, start, end), -math.inf)
+        chunk_scores, chunk_columns = scores.topk(min(k, end - start), dim=1)
+        chunk_ids = chunk_columns + start
+        if best_scores is not None:
+            chunk_scores = torch.cat([best_scores, chunk_scores], dim=1)
+            chunk_ids = torch.cat([best_ids, chunk_ids], dim=1)
+        best_scores, position = chunk_scores.topk(min(k, chunk_scores.shape[1]), dim=1)
+        best_ids = chunk_ids.gather(1, position)
+    return best_scores, best_ids.masked_fill(best_scores == -math.inf, 0)
+
+
+class RankingMetrics(Metric):
+    """NDCG@K, Recall@K, MRR@K and Hit@K of one held-out item per user, ranked against all items.
+
+    ``compute()`` returns ``{"ndcg@10": ..., "recall@10": ..., "mrr@10": ..., "hit@10": ..., ...}`` for every
+    cut-off, plus ``"users"``, the number of users evaluated (over all processes). Ties count in expectation
+    (see :func:`expected_metrics`). With no users the metrics are NaN.
+
+    Args:
+        ks: Cut-offs K. Values above the number of items are allowed.
+        exclude_history: Leave each user's earlier items out of the ranking (the target itself stays, even
+            when the user had it before), as in the Molar paper's protocol.
+        item_chunk_size: Items scored per matmul. Memory is ``O(batch_size * item_chunk_size)``; lower it
+            for large batches on small accelerators, raise it for speed.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(
+        self, ks: Sequence[int] = (10, 20, 50), exclude_history: bool = True, item_chunk_size: int = 32768
+    ) -> None:
+        super().__init__()
+        ks = tuple(int(k) for k in ks)
+        if not ks or min(ks) < 1 or len(set(ks)) != len(ks):
+            raise ValueError(f"ks must be distinct positive cut-offs, got {ks}.")
+        _check_item_chunk_size(item_chunk_size)
+        self.ks = ks
+        self.exclude_history = exclude_history
+        self.item_chunk_size = item_chunk_size
+        self.add_state(
+            "sums", default=torch.zeros(len(METRIC_NAMES), len(ks), dtype=torch.float64), dist_reduce_fx="sum"
+        )
+        self.add_state("num_users", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, user_emb: Tensor, item_emb: Tensor, target: Tensor, history: Optional[Tensor] = None) -> None:
+        """Rank one batch of users.
+
+        Args:
+            user_emb: ``[B, D]`` user embeddings.
+            item_emb: ``[N + 1, D]`` item embeddings; row 0 is padding.
+            target: ``[B]`` held-out item ids in ``1..N``.
+            history: ``[B, H]`` earlier items, right-padded with 0; required when ``exclude_history``.
+        """
+        greater, ties = target_rank_counts(
+            user_emb, item_emb, target, history, self.exclude_history, self.item_chunk_size
+        )
+        values = expected_metrics(greater, ties, self.ks)
+        self.sums += torch.stack(
+            [torch.stack([values[f"{name}@{k}"].sum() for k in self.ks]) for name in METRIC_NAMES]
+        )
+        self.num_users += target.numel()
+
+    def compute(self) -> dict[str, Tensor]:
+        """Means over all users seen since the last reset, and the user count ``"users"``."""
+        means = self.sums / self.num_users
+        values = {
+            f"{name}@{k}": means[row, column]
+            for column, k in enumerate(self.ks)
+            for row, name in enumerate(METRIC_NAMES)
+        }
+        values["users"] = self.num_users
+        return values

@@ -216,6 +216,7 @@ def prepare_dataset(source: InteractionSource, cache_dir: str, params: PreparePa
     sequences, items, statistics = build_canonical_tables(source.read(), params)
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{final.name}-", dir=cache_root))
     try:
+        datasets.disable_progress_bars()  # writing takes well under a second; its bars would only be noise
         datasets.Dataset(sequences).save_to_disk(str(staging / "sequences"))
         datasets.Dataset(items).save_to_disk(str(staging / "items"))
         meta = {"format": FORMAT_VERSION, "source": source.name, "params": asdict(params),
@@ -227,5 +228,6 @@ def prepare_dataset(source: InteractionSource, cache_dir: str, params: PreparePa
             if not (final / "meta.json").is_file():  # not a concurrent writer that finished first
                 raise
     finally:
+        datasets.enable_progress_bars()
         shutil.rmtree(staging, ignore_errors=True)
     return CanonicalDataset(final)

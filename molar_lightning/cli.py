@@ -1,0 +1,137 @@
+"""The ``molar`` command.
+
+``molar fit|validate|test|predict --config X.yaml`` is a LightningCLI (subcommands of a LightningCLI can only
+be Trainer methods); ``molar prepare`` turns raw files into the canonical data set and prints its
+statistics. ``fit`` ends by testing the best checkpoint, so every training run leaves its test table.
+"""
+
+import difflib
+import importlib
+import inspect
+import re
+import sys
+from typing import NoReturn, Optional
+
+import yaml
+from jsonargparse import ArgumentParser
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+
+from molar_lightning.callbacks.evaluation import RankingEvaluationCallback
+from molar_lightning.data.datamodule import SequentialDataModule
+
+COMMANDS = {"prepare": "raw files -> canonical data set; prints the statistics table"}
+
+
+def accepted_arguments(cls: type) -> list[str]:
+    """Constructor arguments of ``cls``, following ``**kwargs`` that are forwarded to a parent class.
+
+    A parent's required arguments are left out: the subclass passes those itself.
+    """
+    names: list[str] = []
+    for depth, klass in enumerate(k for k in cls.__mro__ if k is not object and "__init__" in vars(k)):
+        parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]
+        names += [p.name for p in parameters
+                  if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in names
+                  and (depth == 0 or p.default is not p.empty)]
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return names
+
+
+SECTION_CLASSES = {"trainer": Trainer, "evaluation": RankingEvaluationCallback, "checkpoint": ModelCheckpoint}
+
+
+def valid_keys_hint(message: str) -> str:
+    """For an unknown-key error, the keys that would have been accepted (and the closest one)."""
+    in_class = re.search(r"Option '([\w.]+)' is not accepted", message)
+    owners = re.findall(r"class_path '([\w.]+)'", message)
+    top_level = re.search(r"does not accept option '([\w.]+)'|unrecognized arguments: --([\w.]+)", message)
+    if in_class and owners:
+        module, _, name = owners[-1].rpartition(".")
+        key, owner = in_class.group(1), getattr(importlib.import_module(module), name)
+    elif top_level:
+        section, _, key = (top_level.group(1) or top_level.group(2)).rpartition(".")
+        owner = SECTION_CLASSES.get(section)
+    else:
+        return ""
+    if owner is None:
+        return ""
+    valid = accepted_arguments(owner)
+    closest = difflib.get_close_matches(key, valid, n=1)
+    return f"\nValid keys here: {', '.join(valid)}" + (f"\nDid you mean '{closest[0]}'?" if closest else "")
+
+
+class MolarArgumentParser(LightningArgumentParser):
+    """Lightning's parser, whose unknown-key errors also list the keys that are accepted."""
+
+    def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
+        super().error(message + valid_keys_hint(message), ex)
+
+
+class MolarCLI(LightningCLI):
+    """LightningCLI with the data/model links and the evaluation every run needs."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(RankingEvaluationCallback, "evaluation")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.monitor": "val/ndcg@10", "checkpoint.mode": "max",
+                             "checkpoint.save_last": True, "checkpoint.filename": "best-{epoch}"})
+        encoder = "model.init_args.encoder.init_args"
+        for name in ("num_items", "num_users"):
+            parser.link_arguments(f"data.{name}", f"{encoder}.{name}", apply_on="instantiate")
+        parser.link_arguments("data.init_args.max_seq_len", f"{encoder}.max_seq_len")
+
+    def fit(self, model: LightningModule, **kwargs) -> None:
+        """Train, then test the best checkpoint (the last weights when checkpointing is off)."""
+        self.trainer.fit(model, **kwargs)
+        checkpoint = self.trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint is not None else ""
+        self.trainer.test(model, datamodule=kwargs.get("datamodule"), ckpt_path=best or None)
+
+
+def prepare(args: list[str]) -> None:
+    """``molar prepare``: build the DataModule from ``--data ...`` or the ``data:`` part of an experiment config."""
+    parser = ArgumentParser(prog="molar prepare", description=COMMANDS["prepare"])
+    parser.add_argument("--config", help="an experiment YAML; only its data: section is read")
+    parser.add_subclass_arguments(SequentialDataModule, "data")
+    args = list(args)
+    if "--config" in args:  # swap the experiment file for its data: section, keep later --data.x overrides
+        position = args.index("--config")
+        with open(args[position + 1]) as handle:
+            experiment = yaml.safe_load(handle) or {}
+        if "data" not in experiment:
+            parser.error(f"{args[position + 1]} has no data: section")
+        args[position:position + 2] = ["--data", yaml.safe_dump(experiment["data"])]
+    datamodule = parser.instantiate(parser.parse_args(args)).data
+    datamodule.print_statistics()
+
+
+def build_cli(args: ArgsType = None, run: bool = True) -> MolarCLI:
+    """The LightningCLI behind ``molar fit|validate|test|predict``; ``run=False`` only builds the objects."""
+    return MolarCLI(
+        LightningModule,
+        SequentialDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        parser_class=MolarArgumentParser,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"description": "molar: " + "; ".join(f"{k}: {v}" for k, v in COMMANDS.items())},
+        args=args,
+        run=run,
+    )
+
+
+def main(args: ArgsType = None) -> None:
+    """Entry point of the ``molar`` console script; tests call ``main([...])``."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] == "prepare":
+        prepare(argv[1:])
+    else:
+        build_cli(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""``SequentialRecModule``: train and evaluate one ID-based sequential model (the classical baselines).
+
+Training is causal next-item prediction at every position of a window. Validation and test hand the user
+and item embeddings to :class:`~molar_lightning.callbacks.evaluation.RankingEvaluationCallback`, which
+ranks all items; prediction returns each user's top-k items for serving.
+"""
+
+from typing import Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from molar_lightning.batch import EvalBatch, TrainBatch
+from molar_lightning.losses import FullSoftmaxCrossEntropy
+from molar_lightning.metrics.ranking import top_k_items
+
+
+class SequentialRecModule(pl.LightningModule):
+    """Next-item training of any :class:`~molar_lightning.models.protocol.SequenceEncoder`.
+
+    An encoder with an ``auxiliary_loss`` method (DuoRec's contrastive regulariser) gets it added to the
+    next-item loss.
+
+    Args:
+        encoder: the sequence model (SASRec, GRU4Rec, FPMC, DuoRec, ...).
+        loss: next-item loss from ``molar_lightning.losses``; null means full-softmax cross entropy.
+        optimizer: optimizer factory; AdamW (lr 1e-3, weight decay 0.01) unless configured.
+        lr_scheduler: optional scheduler factory, stepped every epoch.
+        top_k: how many items ``predict`` returns per user.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        loss: Optional[nn.Module] = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        top_k: int = 50,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["encoder", "loss"])
+        self.encoder = encoder
+        self.loss = loss if loss is not None else FullSoftmaxCrossEntropy()
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.top_k = top_k
+
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> torch.Tensor:
+        states = self.encoder.sequence_states(batch.item_seq, batch.mask, batch.user_ids)
+        has_target = batch.target_seq != 0
+        loss = self.loss(states[has_target], batch.target_seq[has_target], self.encoder.item_embeddings())
+        self.log("train/next_item_loss", loss)
+        auxiliary_loss = getattr(self.encoder, "auxiliary_loss", None)
+        if auxiliary_loss is not None:
+            extra = auxiliary_loss(batch.item_seq, batch.mask, states[:, -1], batch.positive_seq,
+                                   targets=batch.target_seq[:, -1])
+            self.log("train/auxiliary_loss", extra)
+            loss = loss + extra
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def _rank_inputs(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
+        user_emb = self.encoder.encode_sequence(batch.item_seq, batch.mask, batch.user_ids)
+        return {"user_emb": user_emb, "item_emb": self.encoder.item_embeddings()}
+
+    def validation_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._rank_inputs(batch)
+
+    def test_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._rank_inputs(batch)
+
+    def predict_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Each user's ``top_k`` unseen items: ``{"user_ids", "item_ids" [B, k], "scores" [B, k]}``."""
+        inputs = self._rank_inputs(batch)
+        scores, item_ids = top_k_items(inputs["user_emb"], inputs["item_emb"], self.top_k, batch.history)
+        return {"user_ids": batch.user_ids, "item_ids": item_ids, "scores": scores}
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer(self.parameters())
+        if self.lr_scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from molar_lightning.callbacks.evaluation import RankingEvaluationCallback
+from molar_lightning.callbacks.rng_state import RNGStateCallback
 from molar_lightning.data.datamodule import SequentialDataModule
 
 COMMANDS = {"prepare": "raw files -> canonical data set; prints the statistics table"}
@@ -118,6 +119,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> MolarCLI:
         auto_configure_optimizers=False,
         parser_class=MolarArgumentParser,
         save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": [RNGStateCallback()]},
         parser_kwargs={"description": "molar: " + "; ".join(f"{k}: {v}" for k, v in COMMANDS.items())},
         args=args,
         run=run,

@@ -51,8 +51,11 @@ class RankingEvaluationCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # The strategy moves the LightningModule only after this hook, so pl_module.device can still be the
         # CPU here; the strategy's root device is already the one the module will be on.
-        self.val_metrics.to(trainer.strategy.root_device)
-        self.test_metrics.to(trainer.strategy.root_device)
+        # reset() gives each process its own state tensors: under ddp_spawn the callback reaches the workers
+        # through torch.multiprocessing, which would otherwise leave every rank summing into one shared tensor.
+        for metric in (self.val_metrics, self.test_metrics):
+            metric.reset()
+            metric.to(trainer.strategy.root_device)
 
     def on_validation_batch_end(
         self,

@@ -1,0 +1,69 @@
+"""``ItemCatalog``: what an item *is* for the content models: its text fields and its image.
+
+MIRM reads items through this class only. Text fields come out in a fixed order (title, then the
+structured attributes, then the description) with empty ones skipped, rendered as ``"\\n{key}: {value}"``
+lines as in the Molar paper; images are opened with Pillow, converted to RGB and capped in size. A missing
+or unreadable image yields ``None`` (the item is then text-only), never an exception in a training loop.
+"""
+
+from functools import cached_property
+from pathlib import Path
+from typing import Optional
+
+from PIL import Image, UnidentifiedImageError
+
+from molar_lightning.data.prepare import CanonicalDataset
+
+
+class ItemCatalog:
+    """Text fields and images of the items of a prepared data set, by canonical item id (1..N).
+
+    Args:
+        dataset: the prepared data set whose ``items`` table is read.
+        max_image_size: longest image side in pixels after loading; larger images are downscaled.
+    """
+
+    def __init__(self, dataset: CanonicalDataset, max_image_size: int = 448) -> None:
+        self.dataset = dataset
+        self.max_image_size = max_image_size
+
+    @cached_property
+    def _rows(self) -> list[dict]:
+        return self.dataset.items.to_list()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _row(self, item_id: int) -> dict:
+        if not 1 <= item_id <= len(self._rows):
+            raise IndexError(f"item id {item_id} is outside 1..{len(self._rows)} (0 is padding)")
+        return self._rows[item_id - 1]
+
+    def fields(self, item_id: int) -> dict[str, str]:
+        """Non-empty text fields in display order: title, attributes (as the source lists them), description."""
+        row = self._row(item_id)
+        fields = {"title": row["title"]}
+        fields.update((pair["key"], pair["value"]) for pair in row["attributes"])
+        fields["description"] = row["description"]
+        return {key: value.strip() for key, value in fields.items() if value and value.strip()}
+
+    def text(self, item_id: int) -> str:
+        """The item's fields as ``"\\n{key}: {value}"`` lines (the Molar prompt's text part)."""
+        return "".join(f"\n{key}: {value}" for key, value in self.fields(item_id).items())
+
+    def image_path(self, item_id: int) -> Optional[Path]:
+        path = self._row(item_id)["image_path"]
+        return Path(path) if path else None
+
+    def image(self, item_id: int) -> Optional[Image.Image]:
+        """The item's image as RGB, longest side at most ``max_image_size``; None if missing or unreadable."""
+        path = self.image_path(item_id)
+        if path is None or not path.is_file():
+            return None
+        try:
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+        except (UnidentifiedImageError, OSError):
+            return None
+        image.thumbnail((self.max_image_size, self.max_image_size))
+        return image

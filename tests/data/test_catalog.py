@@ -1,0 +1,46 @@
+"""ItemCatalog: field order, empty fields skipped, the prompt text, images capped, bad images -> None."""
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from molar_lightning.data.catalog import ItemCatalog
+from molar_lightning.data.prepare import PrepareParams, prepare_dataset
+from molar_lightning.data.sources.movielens import MovieLens
+
+
+@pytest.fixture
+def catalog(ml1m_dir: Path, tmp_path: Path) -> ItemCatalog:
+    posters = ml1m_dir / "posters"
+    posters.mkdir()
+    Image.new("RGB", (600, 300), "red").save(posters / "1.jpg")
+    (posters / "2.jpg").write_bytes(Image.new("L", (20, 20)).tobytes()[:50])  # not an image
+    Image.new("L", (40, 80), 128).save(posters / "3.jpg")  # grayscale
+    (ml1m_dir / "item_text.jsonl").write_text('{"movie_id": 1, "description": "Toys come alive.", "cast": []}\n')
+    dataset = prepare_dataset(MovieLens(str(ml1m_dir), show_progress=False), str(tmp_path / "cache"), PrepareParams())
+    return ItemCatalog(dataset, max_image_size=100)
+
+
+def test_fields_in_order_and_empty_ones_skipped(catalog: ItemCatalog) -> None:
+    assert catalog.fields(1) == {"title": "Toy Story (1995)", "genres": "Animation, Children's, Comedy",
+                                 "description": "Toys come alive."}
+    assert "description" not in catalog.fields(2)
+    assert catalog.text(1) == ("\ntitle: Toy Story (1995)\ngenres: Animation, Children's, Comedy"
+                               "\ndescription: Toys come alive.")
+
+
+def test_images_are_rgb_and_capped(catalog: ItemCatalog) -> None:
+    image = catalog.image(1)
+    assert image.mode == "RGB" and image.size == (100, 50)
+    assert catalog.image(3).mode == "RGB"
+
+
+def test_missing_or_corrupt_images_give_none(catalog: ItemCatalog) -> None:
+    assert catalog.image(2) is None  # unreadable file
+    assert catalog.image(4) is None  # no poster
+
+
+def test_item_ids_are_checked(catalog: ItemCatalog) -> None:
+    with pytest.raises(IndexError, match="outside 1..10"):
+        catalog.fields(0)

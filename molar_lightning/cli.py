@@ -41,6 +41,8 @@ def accepted_arguments(cls: type) -> list[str]:
     return names
 
 
+# DataModule attributes handed to the encoder's constructor after the DataModule is built.
+LINKED_TO_ENCODER = ("num_items", "num_users", "max_seq_len")
 SECTION_CLASSES = {"trainer": Trainer, "evaluation": RankingEvaluationCallback, "checkpoint": ModelCheckpoint}
 
 
@@ -79,10 +81,33 @@ class MolarCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": "val/ndcg@10", "checkpoint.mode": "max",
                              "checkpoint.save_last": True, "checkpoint.filename": "best-{epoch}"})
-        encoder = "model.init_args.encoder.init_args"
-        for name in ("num_items", "num_users"):
-            parser.link_arguments(f"data.{name}", f"{encoder}.{name}", apply_on="instantiate")
-        parser.link_arguments("data.init_args.max_seq_len", f"{encoder}.max_seq_len")
+        for name in LINKED_TO_ENCODER:
+            parser.link_arguments(f"data.{name}", f"model.init_args.encoder.init_args.{name}", apply_on="instantiate")
+
+    def instantiate_classes(self) -> None:
+        """Instantiate, then record the injected parts' configs in the task's hyper-parameters.
+
+        Tasks keep object arguments (modules, optimizer factories) out of ``save_hyperparameters``: a pickled
+        object makes a checkpoint unloadable with ``weights_only=True``. Their configs, with the linked values
+        each encoder accepts, are what ``Task.load_from_checkpoint(path)`` needs to rebuild the same model
+        from a checkpoint alone.
+        """
+        super().instantiate_classes()
+        model_config = self._get(self.config, "model")
+        init_args = model_config.get("init_args") if model_config is not None else None
+        if init_args is None or not hasattr(self.model, "_hparams"):
+            return
+        for part, value in vars(init_args).items():
+            if not hasattr(value, "class_path"):
+                continue
+            config = value.as_dict()
+            if part == "encoder":
+                module, _, name = config["class_path"].rpartition(".")
+                accepted = accepted_arguments(getattr(importlib.import_module(module), name))
+                config.setdefault("init_args", {}).update(
+                    {key: getattr(self.datamodule, key) for key in LINKED_TO_ENCODER if key in accepted})
+            self.model._hparams[part] = config
+            self.model._hparams_initial[part] = config
 
     def fit(self, model: LightningModule, **kwargs) -> None:
         """Train, then test the best checkpoint (the last weights when checkpointing is off)."""

@@ -40,7 +40,7 @@ class SequentialRecModule(pl.LightningModule):
         top_k: int = 50,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["encoder", "loss"])
+        self.save_hyperparameters(ignore=["encoder", "loss", "optimizer", "lr_scheduler"])
         self.encoder = encoder
         self.loss = loss if loss is not None else FullSoftmaxCrossEntropy()
         self.optimizer = optimizer

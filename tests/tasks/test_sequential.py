@@ -1,14 +1,19 @@
 """SequentialRecModule through the real CLI path: learning beats popularity, resume equals an uninterrupted
-run, checkpoints round-trip, prediction excludes seen items."""
+run, checkpoints rebuild the model on their own and load with weights_only, prediction excludes seen items."""
 
 import json
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
+from molar_lightning.callbacks.evaluation import RankingEvaluationCallback
 from molar_lightning.cli import build_cli, main
+from molar_lightning.data.datamodule import MovieLensDataModule
 from molar_lightning.data.synthetic import write_movielens
+from molar_lightning.models.id.sasrec import SASRec
+from molar_lightning.tasks.sequential import SequentialRecModule
 
 ROOT = Path(__file__).parents[2]
 
@@ -28,7 +33,7 @@ def fit_args(data_dir: Path, run_dir: Path, epochs: int, *extra: str) -> list[st
 
 def last_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     (checkpoint,) = run_dir.rglob("last.ckpt")
-    return torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def popularity_ndcg_at_10(cli) -> float:
@@ -74,18 +79,48 @@ def test_resumed_run_equals_uninterrupted_run(synthetic_dir: Path, tmp_path: Pat
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
 
 
-def test_checkpoint_round_trip_and_prediction(synthetic_dir: Path, tmp_path: Path) -> None:
-    main(fit_args(synthetic_dir, tmp_path / "run", 1))
+@pytest.mark.parametrize("config", ["quickstart/sasrec", "movielens/fpmc"])
+def test_load_from_checkpoint_rebuilds_the_trained_model(config: str, synthetic_dir: Path, tmp_path: Path) -> None:
+    args = fit_args(synthetic_dir, tmp_path / "run", 1)
+    args[2] = str(ROOT / f"configs/{config}.yaml")
+    main(args)
     (best,) = (tmp_path / "run").rglob("best-*.ckpt")
+    cli = build_cli(args[1:], run=False)
+    cli.model.load_state_dict(torch.load(best, weights_only=True)["state_dict"])
+    rebuilt = SequentialRecModule.load_from_checkpoint(best)  # from the checkpoint alone
+    assert type(rebuilt.encoder) is type(cli.model.encoder) and type(rebuilt.loss) is type(cli.model.loss)
+    if hasattr(rebuilt.encoder, "max_seq_len"):
+        assert rebuilt.encoder.max_seq_len == 20  # the linked DataModule value, not the class default
+    batch = next(iter(cli.datamodule.predict_dataloader()))
+    for module in (cli.model, rebuilt):
+        module.eval()
+    with torch.no_grad():
+        expected = cli.model.predict_step(batch, 0)
+        actual = rebuilt.predict_step(batch, 0)
+    assert torch.equal(expected["item_ids"], actual["item_ids"])
+    torch.testing.assert_close(actual["scores"], expected["scores"])
+
+
+def test_plain_python_checkpoints_load_with_weights_only(ml1m_dir: Path, tmp_path: Path) -> None:
+    data = MovieLensDataModule(str(ml1m_dir), cache_dir=str(tmp_path / "cache"))
+    model = SequentialRecModule(SASRec(data.num_items, max_seq_len=8), optimizer=torch.optim.Adam)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path),
+                         callbacks=[RankingEvaluationCallback()])
+    trainer.fit(model, datamodule=data)
+    checkpoint = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)  # no pickled objects
+    assert set(checkpoint["hyper_parameters"]) == {"top_k"}
+    rebuilt = SequentialRecModule.load_from_checkpoint(trainer.checkpoint_callback.best_model_path,
+                                                       encoder=SASRec(data.num_items, max_seq_len=8))
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(rebuilt.state_dict()[name], tensor)
+
+
+def test_prediction_excludes_history_and_is_sorted(synthetic_dir: Path, tmp_path: Path) -> None:
     cli = build_cli(fit_args(synthetic_dir, tmp_path / "run", 1)[1:], run=False)
-    loaded = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-    cli.model.load_state_dict(loaded)
     cli.model.eval()
     batch = next(iter(cli.datamodule.predict_dataloader()))
     with torch.no_grad():
         first = cli.model.predict_step(batch, 0)
-        again = cli.model.predict_step(batch, 0)
-    assert torch.equal(first["item_ids"], again["item_ids"])
     assert first["item_ids"].shape == (len(batch.user_ids), 50)
     seen = (first["item_ids"][:, :, None] == batch.history[:, None, :]) & (batch.history[:, None, :] != 0)
     assert not seen.any()  # recommendations never repeat the user's history

@@ -106,3 +106,10 @@ def test_fit_runs_every_model_and_writes_results(model: str, ml1m_dir: Path, tmp
     assert (results[0].parent / "results.md").is_file()
     assert (results[0].parent / "config.yaml").is_file()  # the run's full config is saved beside it
     assert list((tmp_path / "run").rglob("best-*.ckpt"))
+
+
+def test_prepare_refuses_a_data_set_emptied_by_k_core(ml1m_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"no interaction survives filtering: .*80.* -> 0 .*items >= 100"):
+        main(["prepare", "--data", "MovieLensDataModule", "--data.data_dir", str(ml1m_dir),
+              "--data.cache_dir", str(tmp_path / "cache"), "--data.min_item_interactions", "100"])
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())

@@ -2,7 +2,8 @@
 
 ``molar fit|validate|test|predict --config X.yaml`` is a LightningCLI (subcommands of a LightningCLI can only
 be Trainer methods); ``molar prepare`` turns raw files into the canonical data set and prints its
-statistics. ``fit`` ends by testing the best checkpoint, so every training run leaves its test table.
+statistics, and ``molar data fetch-images`` downloads Amazon item images into the local image folder.
+``fit`` ends by testing the best checkpoint, so every training run leaves its test table.
 """
 
 import difflib
@@ -19,10 +20,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from molar_lightning.callbacks.evaluation import RankingEvaluationCallback
+from molar_lightning.callbacks.recommendations import RecommendationWriter
 from molar_lightning.callbacks.rng_state import RNGStateCallback
+from molar_lightning.data import image_fetch
 from molar_lightning.data.datamodule import SequentialDataModule
 
-COMMANDS = {"prepare": "raw files -> canonical data set; prints the statistics table"}
+COMMANDS = {"prepare": "raw files -> canonical data set; prints the statistics table",
+            "data fetch-images": "download the item images named in Amazon metadata (resumable)"}
 
 
 def accepted_arguments(cls: type) -> list[str]:
@@ -144,7 +148,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> MolarCLI:
         auto_configure_optimizers=False,
         parser_class=MolarArgumentParser,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [RNGStateCallback()]},
+        trainer_defaults={"callbacks": [RNGStateCallback(), RecommendationWriter()]},
         parser_kwargs={"description": "molar: " + "; ".join(f"{k}: {v}" for k, v in COMMANDS.items())},
         args=args,
         run=run,
@@ -156,6 +160,8 @@ def main(args: ArgsType = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] == "prepare":
         prepare(argv[1:])
+    elif argv[:2] == ["data", "fetch-images"]:
+        image_fetch.main(argv[2:])
     else:
         build_cli(args)
 

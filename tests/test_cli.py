@@ -113,3 +113,22 @@ def test_prepare_refuses_a_data_set_emptied_by_k_core(ml1m_dir: Path, tmp_path: 
         main(["prepare", "--data", "MovieLensDataModule", "--data.data_dir", str(ml1m_dir),
               "--data.cache_dir", str(tmp_path / "cache"), "--data.min_item_interactions", "100"])
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_predict_writes_raw_id_recommendations(ml1m_dir: Path, tmp_path: Path) -> None:
+    common = ["--config", str(ROOT / "configs/movielens/sasrec.yaml"), "--data.init_args.data_dir", str(ml1m_dir),
+              "--data.init_args.cache_dir", str(tmp_path / "cache"), "--trainer.enable_progress_bar", "false"]
+    main(["fit", *common, "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.max_epochs", "1"])
+    (checkpoint,) = (tmp_path / "run").rglob("best-*.ckpt")
+    main(["predict", *common, "--trainer.default_root_dir", str(tmp_path / "predict"),
+          "--ckpt_path", str(checkpoint), "--model.init_args.top_k", "3"])
+    (written,) = (tmp_path / "predict").rglob("recommendations.jsonl")
+    rows = [json.loads(line) for line in written.read_text().splitlines()]
+    assert len(rows) == 12 and all(len(row["items"]) == 3 for row in rows)
+    seen: dict[str, set[str]] = {}
+    for line in (ml1m_dir / "ratings.dat").read_text().splitlines():
+        user, item, _, _ = line.split("::")
+        seen.setdefault(user, set()).add(item)
+    for row in rows:  # raw MovieLens ids, never a movie the user already rated
+        assert not set(row["items"]) & seen[row["user"]]
+        assert row["scores"] == sorted(row["scores"], reverse=True)

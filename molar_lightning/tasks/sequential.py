@@ -40,7 +40,9 @@ class SequentialRecModule(pl.LightningModule):
         top_k: int = 50,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["encoder", "loss", "optimizer", "lr_scheduler"])
+        # Objects are left out (a pickled one would make checkpoints need weights_only=False; the CLI records
+        # their configs instead) and so is top_k, a serving choice that `molar predict` must be able to change.
+        self.save_hyperparameters(ignore=["encoder", "loss", "optimizer", "lr_scheduler", "top_k"])
         self.encoder = encoder
         self.loss = loss if loss is not None else FullSoftmaxCrossEntropy()
         self.optimizer = optimizer

@@ -56,8 +56,11 @@ def info_nce(
 class DuoRec(SASRec):
     """SASRec with DuoRec's contrastive regulariser (DuoRec in the paper).
 
-    Scoring is SASRec's; the task adds :meth:`auxiliary_loss` to the next-item loss. Defaults follow the
-    authors' ``duorec.sh`` (``lmd_sem=0.1``, ``tau=1``, ``sim=dot``).
+    Scoring is SASRec's; the task adds :meth:`auxiliary_loss` to the next-item loss. Weight and temperature
+    follow the authors' ``duorec.sh`` (``lmd_sem=0.1``, ``tau=1``); the similarity defaults to cosine, not
+    their dot product. With causal training over every position here, dot products of LayerNorm'd 64-dim
+    states (about 64 at temperature 1) made the contrastive term dominate: on MovieLens-100K, validation
+    NDCG@10 after 6 epochs was 0.028 with ``dot`` against 0.089 with ``cos`` and 0.087 for plain SASRec.
 
     Args:
         num_items: number of items ``N``; ids run ``1..N`` and 0 is padding.
@@ -91,7 +94,7 @@ class DuoRec(SASRec):
         initializer_range: float = 0.02,
         contrastive_weight: float = 0.1,
         temperature: float = 1.0,
-        similarity: Literal["dot", "cos"] = "dot",
+        similarity: Literal["dot", "cos"] = "cos",
     ) -> None:
         super().__init__(
             num_items=num_items,

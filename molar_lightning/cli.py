@@ -2,7 +2,8 @@
 
 ``molar fit|validate|test|predict --config X.yaml`` is a LightningCLI (subcommands of a LightningCLI can only
 be Trainer methods); ``molar prepare`` turns raw files into the canonical data set and prints its
-statistics, and ``molar data fetch-images`` downloads Amazon item images into the local image folder.
+statistics, ``molar data fetch-images`` downloads Amazon item images into the local image folder, and
+``molar embed`` writes the item embeddings of an experiment's MIRM encoder into the embedding cache.
 ``fit`` ends by testing the best checkpoint, so every training run leaves its test table.
 """
 
@@ -20,13 +21,16 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from molar_lightning.callbacks.evaluation import RankingEvaluationCallback
+from molar_lightning.callbacks.item_embedding_cache import extract_item_embeddings
 from molar_lightning.callbacks.recommendations import RecommendationWriter
 from molar_lightning.callbacks.rng_state import RNGStateCallback
 from molar_lightning.data import image_fetch
+from molar_lightning.data.catalog import ItemCatalog
 from molar_lightning.data.datamodule import SequentialDataModule
 
 COMMANDS = {"prepare": "raw files -> canonical data set; prints the statistics table",
-            "data fetch-images": "download the item images named in Amazon metadata (resumable)"}
+            "data fetch-images": "download the item images named in Amazon metadata (resumable)",
+            "embed": "item embeddings of an experiment's MIRM encoder into the on-disk cache (resumable)"}
 
 
 def accepted_arguments(cls: type) -> list[str]:
@@ -138,6 +142,26 @@ def prepare(args: list[str]) -> None:
     datamodule.print_statistics()
 
 
+def embed(args: list[str]) -> None:
+    """``molar embed``: ``--embed.*`` options are embed's own; the rest build the experiment (``--config X.yaml``,
+    ``--data...``, ``--model...``, ``--trainer...``) whose ``model.encoder`` embeds its data's items."""
+    parser = ArgumentParser(prog="molar embed", description=COMMANDS["embed"] + ". " + (embed.__doc__ or ""))
+    parser.add_function_arguments(extract_item_embeddings, "embed", skip={"trainer", "module", "catalog"})
+    own = {i for i, arg in enumerate(args) if arg.startswith("--embed.")
+           or (i and args[i - 1].startswith("--embed.") and "=" not in args[i - 1])}
+    if "-h" in args or "--help" in args:
+        parser.print_help()
+        return
+    options = parser.parse_args([args[i] for i in sorted(own)]).embed
+    experiment = [arg for i, arg in enumerate(args) if i not in own]
+    # One process embeds each batch once: the item loader shards the batches, so no distributed sampler.
+    cli = build_cli(["--trainer.use_distributed_sampler=false", "--trainer.logger=false", *experiment], run=False)
+    catalog = getattr(cli.datamodule, "catalog", None) or ItemCatalog(cli.datamodule.dataset)
+    cache = extract_item_embeddings(cli.trainer, cli.model, catalog, **vars(options))
+    if cli.trainer.is_global_zero:
+        print(f"{cache.num_items:,} item embeddings of size {cache.meta['dim']} in {cache.folder}")
+
+
 def build_cli(args: ArgsType = None, run: bool = True) -> MolarCLI:
     """The LightningCLI behind ``molar fit|validate|test|predict``; ``run=False`` only builds the objects."""
     return MolarCLI(
@@ -162,6 +186,8 @@ def main(args: ArgsType = None) -> None:
         prepare(argv[1:])
     elif argv[:2] == ["data", "fetch-images"]:
         image_fetch.main(argv[2:])
+    elif argv and argv[0] == "embed":
+        embed(argv[1:])
     else:
         build_cli(args)
 

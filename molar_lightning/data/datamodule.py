@@ -8,7 +8,7 @@ ranking metrics count every user exactly once.
 """
 
 from functools import cached_property
-from typing import Optional
+from typing import Literal, Optional
 
 import lightning.pytorch as pl
 import torch.distributed as dist
@@ -21,7 +21,9 @@ from molar_lightning.data.collate import collate_eval, collate_train
 from molar_lightning.data.prepare import CanonicalDataset, PrepareParams, prepare_dataset
 from molar_lightning.data.raw import InteractionSource
 from molar_lightning.data.sequence_datasets import LeaveOneOutDataset, TrainWindowDataset
+from molar_lightning.data.sources.amazon import Amazon
 from molar_lightning.data.sources.movielens import MovieLens
+from molar_lightning.data.sources.pixelrec import PixelRec
 
 
 class SequentialDataModule(pl.LightningDataModule):
@@ -33,6 +35,9 @@ class SequentialDataModule(pl.LightningDataModule):
         rating_threshold: keep interactions rated at least this much; null keeps every interaction.
         min_user_interactions: k-core threshold for users (leave-one-out needs 3 in any case).
         min_item_interactions: k-core threshold for items.
+        image_policy: items whose image is missing, truncated or not an image: ``text_only`` keeps them
+            without an image, ``drop_item`` removes them before k-core, ``error`` refuses the data set.
+            Counted in the statistics table either way.
         max_seq_len: most recent items a model sees; training windows hold at most this many inputs.
         batch_size: training windows per batch.
         eval_batch_size: users per validation/test/predict batch.
@@ -48,6 +53,7 @@ class SequentialDataModule(pl.LightningDataModule):
         rating_threshold: Optional[float] = None,
         min_user_interactions: int = 0,
         min_item_interactions: int = 0,
+        image_policy: Literal["text_only", "drop_item", "error"] = "text_only",
         max_seq_len: int = 50,
         batch_size: int = 128,
         eval_batch_size: int = 512,
@@ -59,7 +65,7 @@ class SequentialDataModule(pl.LightningDataModule):
             raise ValueError(f"max_seq_len must be at least 1, got {max_seq_len}")
         self.source = source
         self.cache_dir = cache_dir
-        self.params = PrepareParams(rating_threshold, min_user_interactions, min_item_interactions)
+        self.params = PrepareParams(rating_threshold, min_user_interactions, min_item_interactions, image_policy)
         self.max_seq_len = max_seq_len
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -134,3 +140,52 @@ class MovieLensDataModule(SequentialDataModule):
 
     def __init__(self, data_dir: str, download: bool = False, variant: str = "ml-1m", **kwargs) -> None:
         super().__init__(source=MovieLens(data_dir, download=download, variant=variant), **kwargs)
+
+
+class AmazonDataModule(SequentialDataModule):
+    """One category of Amazon Reviews (2014, 2018 or 2023 release) with item text and images, 5-core by default.
+
+    Every rating counts as an interaction unless ``rating_threshold`` is set. Every other argument is
+    :class:`SequentialDataModule`'s (``molar fit --data.help AmazonDataModule`` lists them).
+
+    Args:
+        data_dir: folder with the category's reviews file and metadata file.
+        category: category name as in the file names (Molar's "Amazon cloth": ``Clothing_Shoes_and_Jewelry``).
+        release: Amazon Reviews release: 2014, 2018 or 2023; decides the file and field names.
+        reviews_file: reviews file inside data_dir when not the release's default name (e.g. a 5-core file).
+        meta_file: metadata file inside data_dir when not the release's default name.
+        image_dir: folder of ``<item id>.jpg`` (``molar data fetch-images`` fills it), relative to data_dir
+            unless absolute; null for no images.
+        min_user_interactions: k-core threshold for users (5, the usual Amazon 5-core).
+        min_item_interactions: k-core threshold for items (5, the usual Amazon 5-core).
+    """
+
+    def __init__(self, data_dir: str, category: str = "Clothing_Shoes_and_Jewelry",
+                 release: Literal[2014, 2018, 2023] = 2023, reviews_file: Optional[str] = None,
+                 meta_file: Optional[str] = None, image_dir: Optional[str] = "images",
+                 min_user_interactions: int = 5, min_item_interactions: int = 5, **kwargs) -> None:
+        source = Amazon(data_dir, category=category, release=release, reviews_file=reviews_file,
+                        meta_file=meta_file, image_dir=image_dir)
+        super().__init__(source=source, min_user_interactions=min_user_interactions,
+                         min_item_interactions=min_item_interactions, **kwargs)
+
+
+class PixelRecDataModule(SequentialDataModule):
+    """PixelRec (the PixelRec50K sample by default, as Molar uses it) with item text and cover images.
+
+    Every other argument is :class:`SequentialDataModule`'s (``molar fit --data.help PixelRecDataModule``
+    lists them).
+
+    Args:
+        data_dir: folder with the interactions CSV, the item information CSV and the cover folder.
+        interactions_file: interactions CSV inside data_dir: ``interaction.csv`` (PixelRec50K) or e.g.
+            ``dataset/Pixel200K.csv``.
+        items_file: item information CSV inside data_dir: ``item_info.csv`` (PixelRec50K) or e.g.
+            ``information/Pixel200K.csv``.
+        image_dir: folder of covers ``<item_id>.jpg``, relative to data_dir unless absolute; null for no images.
+    """
+
+    def __init__(self, data_dir: str, interactions_file: str = "interaction.csv", items_file: str = "item_info.csv",
+                 image_dir: Optional[str] = "cover", **kwargs) -> None:
+        source = PixelRec(data_dir, interactions_file=interactions_file, items_file=items_file, image_dir=image_dir)
+        super().__init__(source=source, **kwargs)

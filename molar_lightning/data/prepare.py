@@ -4,7 +4,13 @@ The result is two Arrow tables written with ``datasets`` (one row per user with 
 sequence, one row per item with its content) plus ``meta.json``. Everything is built in a temporary
 folder and renamed into place in one step, so a killed run, or a second DDP rank preparing the same data,
 never leaves a folder that reads as complete but is not. The folder name is a digest of the raw files and
-the parameters, so changing either prepares anew and an unchanged call is a cache hit.
+the parameters (the image policy included), so changing either prepares anew and an unchanged call is a
+cache hit.
+
+Item images are checked here, once, for the items that survive filtering (:func:`image_problem`: a missing
+file, or one that is truncated or not an image), and ``image_policy`` decides what happens to those items:
+``text_only`` keeps them with no image, ``drop_item`` removes them (and filters again), ``error`` refuses
+the data set naming the files. The counts go into the statistics table.
 """
 
 import hashlib
@@ -21,10 +27,12 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
+from molar_lightning.data.image_fetch import MISSING, image_problem
 from molar_lightning.data.raw import InteractionSource, RawDataError, RawInteractions
 
 FORMAT_VERSION = 1
 MIN_LEAVE_ONE_OUT_LENGTH = 3  # one training item, one validation item, one test item
+IMAGE_POLICIES = ("text_only", "drop_item", "error")
 
 
 @dataclass(frozen=True)
@@ -35,11 +43,18 @@ class PrepareParams:
         rating_threshold: keep interactions rated at least this much; None keeps all (implicit feedback).
         min_user_interactions: k-core threshold for users (users always need 3 for leave-one-out).
         min_item_interactions: k-core threshold for items.
+        image_policy: what to do with an item whose image is missing or unusable: ``text_only`` keeps it
+            without an image, ``drop_item`` removes it, ``error`` refuses the data set.
     """
 
     rating_threshold: Optional[float] = None
     min_user_interactions: int = 0
     min_item_interactions: int = 0
+    image_policy: str = "text_only"
+
+    def __post_init__(self) -> None:
+        if self.image_policy not in IMAGE_POLICIES:
+            raise ValueError(f"image_policy={self.image_policy!r} is not one of {', '.join(IMAGE_POLICIES)}")
 
 
 def k_core_mask(user_codes: np.ndarray, item_codes: np.ndarray, min_user: int, min_item: int) -> np.ndarray:
@@ -67,20 +82,54 @@ def _raw_id_order(raw_ids: np.ndarray) -> np.ndarray:
     return np.argsort(raw_ids.astype(str), kind="stable")
 
 
-def _dense_ids(codes: np.ndarray, raw_ids: list[str], first_id: int) -> tuple[np.ndarray, np.ndarray]:
+def _dense_ids(codes: np.ndarray, raw_ids: list[str], first_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Map the codes still present to contiguous ids from ``first_id`` in raw-id order.
 
-    Returns the new id of every interaction and the raw id of every new id.
+    Returns the new id of every interaction, and the raw id and the code of every new id.
     """
     present = np.unique(codes)
     present_raw = np.asarray(raw_ids, dtype=object)[present]
     present = present[_raw_id_order(present_raw)]
     new_of_code = np.full(len(raw_ids), -1, dtype=np.int64)
     new_of_code[present] = np.arange(first_id, first_id + len(present))
-    return new_of_code[codes], np.asarray(raw_ids, dtype=object)[present]
+    return new_of_code[codes], np.asarray(raw_ids, dtype=object)[present], present
 
 
-def _items_table(raw: RawInteractions, item_raw_ids: np.ndarray) -> pa.Table:
+def _image_path(raw: RawInteractions, code: int) -> Optional[str]:
+    record = raw.items.get(raw.item_raw_ids[code])
+    return record.image_path if record else None
+
+
+def _check_images(raw: RawInteractions, codes: np.ndarray) -> dict[int, str]:
+    """The problem (:func:`image_problem`) of every item code in ``codes`` whose image is not usable."""
+    problems = {}
+    for code in codes.tolist():
+        path = _image_path(raw, code)
+        problem = MISSING if not path else image_problem(path)
+        if problem is not None:
+            problems[code] = problem
+    return problems
+
+
+def _image_error(raw: RawInteractions, problems: dict[int, str], checked: int) -> RawDataError:
+    """The refusal under ``image_policy: error``: counts, the first offending files and the fixes."""
+    missing = sum(problem == MISSING for problem in problems.values())
+    lines = []
+    for code, problem in sorted(problems.items(), key=lambda pair: raw.item_raw_ids[pair[0]])[:5]:
+        path = _image_path(raw, code)
+        lines.append(f"  {path or '(no image path)'}: {problem} (item {raw.item_raw_ids[code]!r})")
+    folders = {os.path.dirname(path) for code in problems if (path := _image_path(raw, code))}
+    absent = sorted(folder for folder in folders if not os.path.isdir(folder))
+    return RawDataError(
+        f"{len(problems):,} of {checked:,} items have no usable image ({missing:,} missing, "
+        f"{len(problems) - missing:,} corrupt) and image_policy is 'error':\n" + "\n".join(lines)
+        + (f"\nthe image folder {', '.join(absent)} does not exist" if absent else "")
+        + "\nfetch or replace the images (Amazon: `molar data fetch-images`), or set image_policy to "
+          "'text_only' (keep those items without an image) or 'drop_item' (remove them)"
+    )
+
+
+def _items_table(raw: RawInteractions, item_raw_ids: np.ndarray, usable_image: np.ndarray) -> pa.Table:
     records = [raw.items.get(raw_id) for raw_id in item_raw_ids]
     attribute_type = pa.list_(pa.struct([("key", pa.string()), ("value", pa.string())]))
     return pa.table({
@@ -92,7 +141,8 @@ def _items_table(raw: RawInteractions, item_raw_ids: np.ndarray) -> pa.Table:
             [[{"key": k, "value": v} for k, v in record.attributes.items()] if record else [] for record in records],
             attribute_type,
         ),
-        "image_path": pa.array([record.image_path if record else None for record in records], pa.string()),
+        "image_path": pa.array([record.image_path if record and usable else None
+                                for record, usable in zip(records, usable_image.tolist())], pa.string()),
     })
 
 
@@ -107,22 +157,36 @@ def build_canonical_tables(raw: RawInteractions, params: PrepareParams) -> tuple
         counts["after_rating_threshold"] = int(keep.sum())
     user_codes, item_codes = raw.user_codes[keep], raw.item_codes[keep]
     order_in_file = np.flatnonzero(keep)
-    core = k_core_mask(user_codes, item_codes,
-                       max(params.min_user_interactions, MIN_LEAVE_ONE_OUT_LENGTH),
-                       max(params.min_item_interactions, 1))
+    min_user = max(params.min_user_interactions, MIN_LEAVE_ONE_OUT_LENGTH)
+    min_item = max(params.min_item_interactions, 1)
+    core = k_core_mask(user_codes, item_codes, min_user, min_item)
+    # Images are checked only for the items filtering keeps; dropping items can only shrink that set.
+    checked = np.unique(item_codes[core])
+    problems = _check_images(raw, checked)
+    missing = sum(problem == MISSING for problem in problems.values())
+    image_counts = {"images_usable": int(len(checked) - len(problems)), "images_missing": missing,
+                    "images_corrupt": len(problems) - missing}
+    if problems and params.image_policy == "error":
+        raise _image_error(raw, problems, len(checked))
+    if problems and params.image_policy == "drop_item":
+        without_image = np.isin(item_codes, np.fromiter(problems, dtype=np.int64, count=len(problems)))
+        image_counts["items_dropped_for_images"] = len(problems)
+        image_counts["interactions_dropped_for_images"] = int((core & without_image).sum())
+        kept = np.flatnonzero(~without_image)
+        core = np.zeros(len(item_codes), dtype=bool)
+        core[kept[k_core_mask(user_codes[kept], item_codes[kept], min_user, min_item)]] = True
     if not core.any():
         raise RawDataError(
             f"no interaction survives filtering: {counts} -> 0 after k-core with users >= "
-            f"{max(params.min_user_interactions, MIN_LEAVE_ONE_OUT_LENGTH)} and items >= "
-            f"{max(params.min_item_interactions, 1)} interactions "
+            f"{min_user} and items >= {min_item} interactions "
             f"({len(np.unique(user_codes))} users and {len(np.unique(item_codes))} items before it); "
             f"lower min_user_interactions / min_item_interactions or the rating threshold"
         )
     user_codes, item_codes, order_in_file = user_codes[core], item_codes[core], order_in_file[core]
     timestamps = raw.timestamps[order_in_file]
 
-    user_ids, user_raw_ids = _dense_ids(user_codes, raw.user_raw_ids, first_id=0)
-    item_ids, item_raw_ids = _dense_ids(item_codes, raw.item_raw_ids, first_id=1)
+    user_ids, user_raw_ids, _ = _dense_ids(user_codes, raw.user_raw_ids, first_id=0)
+    item_ids, item_raw_ids, item_codes_by_id = _dense_ids(item_codes, raw.item_raw_ids, first_id=1)
     # Chronological per user; equal timestamps keep their order in the raw file (a stable tie-break).
     order = np.lexsort((order_in_file, timestamps, user_ids))
     item_ids, timestamps, user_ids = item_ids[order], timestamps[order], user_ids[order]
@@ -141,9 +205,11 @@ def build_canonical_tables(raw: RawInteractions, params: PrepareParams) -> tuple
         "users": len(user_raw_ids),
         "items": len(item_raw_ids),
         "interactions": int(len(item_ids)),
-        "removed_by_k_core": int((~core).sum()),
+        "removed_by_k_core": int((~core).sum()) - image_counts.get("interactions_dropped_for_images", 0),
+        **image_counts,
     })
-    return sequences, _items_table(raw, item_raw_ids), counts
+    usable_image = ~np.isin(item_codes_by_id, np.fromiter(problems, dtype=np.int64, count=len(problems)))
+    return sequences, _items_table(raw, item_raw_ids, usable_image), counts
 
 
 class CanonicalDataset:
@@ -196,6 +262,15 @@ class CanonicalDataset:
             rows.insert(0, ("after rating threshold", f"{stats['after_rating_threshold']:,}"))
         rows.insert(0, ("raw interactions", f"{stats['raw_interactions']:,}"))
         rows.append(("removed by k-core", f"{stats['removed_by_k_core']:,}"))
+        if "images_usable" in stats:  # data sets prepared before the image policy existed lack these
+            policy = self.meta["params"].get("image_policy", "text_only")
+            rows += [("items with a usable image", f"{stats['images_usable']:,}"),
+                     ("items with a missing image", f"{stats['images_missing']:,}"),
+                     ("items with a corrupt image", f"{stats['images_corrupt']:,}"),
+                     ("image policy", policy)]
+            if "items_dropped_for_images" in stats:
+                rows.append(("dropped for their image (items / interactions)",
+                             f"{stats['items_dropped_for_images']:,} / {stats['interactions_dropped_for_images']:,}"))
         return rows
 
 

@@ -5,6 +5,7 @@ multi-million-line dump is held as a few numpy arrays, never as millions of Pyth
 """
 
 import hashlib
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +79,12 @@ class InteractionSource(ABC):
     def read(self) -> RawInteractions:
         """Stream the raw files into codes; raise :class:`RawDataError` naming file and line on bad input."""
 
+    #: A folder of item images whose contents feed preparation (the image policy), or None.
+    image_root: Optional[str] = None
+
     def fingerprint(self) -> str:
-        """A digest of the raw files: name, size, modification time and the bytes at both ends.
+        """A digest of the raw files: name, size, modification time and the bytes at both ends, plus the
+        image folder's modification time (adding or fetching images prepares anew).
 
         Hashing whole multi-gigabyte dumps on every run would cost minutes; an edit that keeps size, mtime
         and both ends of a file unchanged is the one change this misses.
@@ -93,6 +98,9 @@ class InteractionSource(ABC):
                 if stat.st_size > 1 << 20:
                     handle.seek(-(1 << 20), 2)
                     digest.update(handle.read())
+        if self.image_root is not None:
+            stamp = os.stat(self.image_root).st_mtime_ns if os.path.isdir(self.image_root) else "absent"
+            digest.update(f"{self.image_root}:{stamp}".encode())
         return digest.hexdigest()
 
 

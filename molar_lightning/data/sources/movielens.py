@@ -74,6 +74,7 @@ class MovieLens(InteractionSource):
                  show_progress: bool = True) -> None:
         self.data_dir = Path(data_dir)
         self.show_progress = show_progress
+        self.image_root = str((self.data_dir / "posters").resolve())
         if download and not self._layout_files():
             download_movielens(variant, self.data_dir)
 
@@ -147,7 +148,7 @@ class MovieLens(InteractionSource):
 
     def _add_extras(self, records: dict[str, ItemRecord]) -> None:
         """Attach posters and scraped plot text when the folder has them."""
-        posters = self.data_dir / "posters"
+        posters = Path(self.image_root)
         if posters.is_dir():
             for movie_id, record in records.items():
                 poster = posters / f"{movie_id}.jpg"

@@ -1,0 +1,176 @@
+"""Item content -> batches for the multimodal item encoder (MIRM): a data set over an ``ItemCatalog``,
+length-sorted batches, and padded or packed collation.
+
+The prompt itself is the encoder's business (``MultimodalItemEncoder.item_inputs`` takes an item's fields and
+PIL image); this module only reads the catalog, calls it in DataLoader workers and batches the results, so
+``data/`` stays free of model code. Batches are sorted by token length (longest first, so a batch that does
+not fit in memory fails at once), and under DDP each process takes every ``world_size``-th batch: every
+item is embedded exactly once.
+"""
+
+import os
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Optional, Protocol, Sequence
+
+import torch
+import torch.distributed as dist
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from molar_lightning.data.catalog import ItemCatalog
+
+TOKEN_KEYS = ("input_ids", "mm_token_type_ids")
+
+
+class ItemInputBuilder(Protocol):
+    """What the loader needs from an item encoder (``MultimodalItemEncoder`` is one)."""
+
+    pack_sequences: bool
+
+    @property
+    def pad_token_id(self) -> int: ...
+
+    def item_inputs(self, fields: dict[str, str], image: Optional[Image.Image]) -> dict[str, torch.Tensor]: ...
+
+    def item_length(self, fields: dict[str, str], has_image: bool) -> int: ...
+
+
+@dataclass
+class ItemBatch:
+    """Model inputs of a batch of items.
+
+    Attributes:
+        item_ids: ``[B]`` catalog item ids, in the order of the embeddings the encoder returns.
+        input_ids: ``[B, L]`` padded, or ``[1, T]`` with the items packed one after the other.
+        attention_mask: ``[B, L]`` 1 at real tokens; None when packed.
+        lengths: ``[B]`` tokens per item.
+        mm_token_type_ids: like ``input_ids``, 1 at image tokens; None for families without it.
+        image_inputs: image processor tensors of every image in the batch, concatenated in item order.
+    """
+
+    item_ids: torch.Tensor
+    input_ids: torch.Tensor
+    attention_mask: Optional[torch.Tensor]
+    lengths: torch.Tensor
+    mm_token_type_ids: Optional[torch.Tensor] = None
+    image_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def pad_rows(rows: Sequence[torch.Tensor], value: int, side: str) -> torch.Tensor:
+    """``[len(rows), longest]`` with each row flush ``side`` and ``value`` elsewhere."""
+    width = max(len(row) for row in rows)
+    out = torch.full((len(rows), width), value, dtype=rows[0].dtype)
+    for index, row in enumerate(rows):
+        if side == "left":
+            out[index, width - len(row):] = row
+        else:
+            out[index, : len(row)] = row
+    return out
+
+
+def collate_items(samples: Sequence[tuple[int, dict[str, torch.Tensor]]], pad_token_id: int, pack: bool = False,
+                  padding_side: str = "right") -> ItemBatch:
+    """``(item_id, inputs)`` pairs -> :class:`ItemBatch`, packed into one row or padded on ``padding_side``."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be left or right, got {padding_side!r}")
+    item_ids, inputs = zip(*samples)
+    lengths = torch.tensor([len(sample["input_ids"]) for sample in inputs])
+    tokens: dict[str, Optional[torch.Tensor]] = {}
+    for key in TOKEN_KEYS:
+        rows = [sample[key] for sample in inputs if key in sample]
+        if not rows:
+            tokens[key] = None
+        elif pack:
+            tokens[key] = torch.cat(rows)[None]
+        else:
+            tokens[key] = pad_rows(rows, pad_token_id if key == "input_ids" else 0, padding_side)
+    attention_mask = None
+    if not pack:
+        attention_mask = pad_rows([torch.ones(int(n), dtype=torch.long) for n in lengths], 0, padding_side)
+    image_keys = sorted({key for sample in inputs for key in sample if key not in TOKEN_KEYS})
+    image_inputs = {key: torch.cat([sample[key] for sample in inputs if key in sample]) for key in image_keys}
+    return ItemBatch(item_ids=torch.tensor(item_ids), input_ids=tokens["input_ids"], attention_mask=attention_mask,
+                     lengths=lengths, mm_token_type_ids=tokens["mm_token_type_ids"], image_inputs=image_inputs)
+
+
+class ItemContentDataset(Dataset):
+    """The items of a catalog as encoder inputs; index ``i`` is ``item_ids[i]``.
+
+    Args:
+        catalog: where fields and images come from.
+        builder: turns fields + image into model inputs (the item encoder).
+        item_ids: the items to serve, by catalog id.
+    """
+
+    def __init__(self, catalog: ItemCatalog, builder: ItemInputBuilder, item_ids: Sequence[int]) -> None:
+        self.catalog = catalog
+        self.builder = builder
+        self.item_ids = list(item_ids)
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def __getitem__(self, index: int) -> tuple[int, dict[str, torch.Tensor]]:
+        item_id = self.item_ids[index]
+        fields = self.catalog.fields(item_id)
+        try:
+            return item_id, self.builder.item_inputs(fields, self.catalog.image(item_id))
+        except ValueError as error:
+            raise ValueError(f"item {item_id} ({fields.get('title', 'untitled')}, image "
+                             f"{self.catalog.image_path(item_id)}): {error}") from error
+
+    def lengths(self) -> list[int]:
+        """Prompt token counts; raises one error that lists every item with nothing to embed."""
+        lengths, empty = [], []
+        for item_id in self.item_ids:
+            try:
+                lengths.append(self.builder.item_length(self.catalog.fields(item_id),
+                                                        self.catalog.image_path(item_id) is not None))
+            except ValueError as error:
+                empty.append((item_id, error))
+                lengths.append(0)
+        if empty:
+            listed = ", ".join(str(item_id) for item_id, _ in empty[:20]) + (" ..." if len(empty) > 20 else "")
+            raise ValueError(f"{len(empty)} item(s) have nothing to embed: {listed}. First: item {empty[0][0]}: "
+                             f"{empty[0][1]}")
+        return lengths
+
+
+class LengthSortedBatches(Sampler[list[int]]):
+    """Batches of indices of similar length, longest first; each DDP process takes every world-th batch.
+
+    Args:
+        lengths: length of each index.
+        batch_size: indices per batch.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int) -> None:
+        order = sorted(range(len(lengths)), key=lambda index: (-lengths[index], index))
+        self.batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+    def _mine(self) -> list[list[int]]:
+        if dist.is_available() and dist.is_initialized():
+            return self.batches[dist.get_rank()::dist.get_world_size()]
+        return self.batches
+
+    def __iter__(self):
+        return iter(self._mine())
+
+    def __len__(self) -> int:
+        return len(self._mine())
+
+
+def item_loader(catalog: ItemCatalog, builder: ItemInputBuilder, item_ids: Optional[Sequence[int]] = None,
+                batch_size: int = 32, num_workers: int = 0, padding_side: str = "right") -> DataLoader:
+    """A DataLoader of :class:`ItemBatch` over ``item_ids`` (all items by default), sorted by length.
+
+    Every item is checked first, so items with nothing to embed are all reported before any work is done.
+    """
+    dataset = ItemContentDataset(catalog, builder, item_ids if item_ids is not None else range(1, len(catalog) + 1))
+    batches = LengthSortedBatches(dataset.lengths(), batch_size)
+    if num_workers > 0:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers are forked after the first tokenizer call
+    collate = partial(collate_items, pad_token_id=builder.pad_token_id, pack=builder.pack_sequences,
+                      padding_side=padding_side)
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers)

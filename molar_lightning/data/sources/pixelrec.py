@@ -1,0 +1,177 @@
+"""PixelRec (Cheng et al., SDM 2024, "An Image Dataset for Benchmarking Recommender Systems with Raw Pixels").
+
+Published by westlake-repl/PixelRec as CSV files plus one cover image per item:
+
+* interactions: ``item_id,user_id,timestamp`` (ids like ``i123`` / ``u456``, Unix seconds). The PixelRec50K
+  sample Molar uses names it ``interaction.csv``; the full release's Interaction folder holds
+  ``Pixel200K.csv``, ``Pixel1M.csv``, ``Pixel8M.csv`` (HLLM keeps them under ``dataset/``).
+* item information: ``item_id``, engagement counts (``view_number``, ``comment_number``, ``thumbup_number``,
+  ``share_number``, ``coin_number``, ``favorite_number``, ``barrage_number``), ``title``, ``tag``,
+  ``description``. ``item_info.csv`` in PixelRec50K; the Item Information folder reuses the interaction
+  files' names (``Pixel200K.csv`` ..., HLLM keeps them under ``information/``).
+* covers: ``<item_id>.jpg``, one per item (``cover/`` once the archive is unpacked).
+
+Interactions are read with ``pyarrow.csv`` in blocks (a Pixel8M file never sits in memory as Python
+objects); on a parse error the file is scanned again with :mod:`csv` to name the bad line. Title, tag and
+description become the item's text; the engagement counts are platform-lifetime totals, not
+interactions, and are not used.
+"""
+
+import csv
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+from tqdm.auto import tqdm
+
+from molar_lightning.data.raw import InteractionSource, ItemRecord, RawDataError, RawInteractions, line_error
+
+INTERACTION_COLUMNS = ("item_id", "user_id", "timestamp")
+
+
+def _header(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        return next(csv.reader(handle), [])
+
+
+def _require_header(path: Path, required: tuple[str, ...]) -> list[str]:
+    header = _header(path)
+    missing = [name for name in required if name not in header]
+    if missing:
+        raise line_error(path, 1, ",".join(header),
+                         f"header lacks {', '.join(missing)}; a PixelRec file here needs the columns "
+                         f"{', '.join(required)} (is this the right file, or the other of the two CSVs?)")
+    return header
+
+
+class PixelRec(InteractionSource):
+    """PixelRec50K or a larger PixelRec release from a local folder.
+
+    Args:
+        data_dir: folder holding the files below.
+        interactions_file: interactions CSV inside data_dir: ``interaction.csv`` in PixelRec50K (Molar's
+            set), or e.g. ``dataset/Pixel200K.csv`` / ``dataset/Pixel1M.csv`` for the full release.
+        items_file: item information CSV inside data_dir: ``item_info.csv`` in PixelRec50K, or e.g.
+            ``information/Pixel200K.csv``; read when present.
+        image_dir: folder of covers ``<item_id>.jpg``, relative to data_dir unless absolute; null means
+            the items have no images.
+        show_progress: show a progress bar while reading.
+    """
+
+    name = "pixelrec"
+
+    def __init__(self, data_dir: str, interactions_file: str = "interaction.csv", items_file: str = "item_info.csv",
+                 image_dir: Optional[str] = "cover", show_progress: bool = True) -> None:
+        self.data_dir = Path(data_dir)
+        self.interactions_path = self.data_dir / interactions_file
+        self.items_path = self.data_dir / items_file
+        self.image_root = None if image_dir is None else os.path.abspath(self.data_dir / image_dir)
+        self.show_progress = show_progress
+
+    def raw_files(self) -> list[Path]:
+        if not self.interactions_path.is_file():
+            raise FileNotFoundError(
+                f"no PixelRec interactions file {self.interactions_path}; point data_dir at the unpacked "
+                f"PixelRec50K folder, or name the file with interactions_file (e.g. dataset/Pixel200K.csv)"
+            )
+        return [self.interactions_path] + ([self.items_path] if self.items_path.is_file() else [])
+
+    def read(self) -> RawInteractions:
+        self.raw_files()
+        items, users, timestamps = self._read_interactions(self.interactions_path)
+        user_raw_ids, item_raw_ids = pc.unique(users), pc.unique(items)
+        item_raw_ids_list = item_raw_ids.to_pylist()
+        records = self._read_items(self.items_path, set(item_raw_ids_list)) if self.items_path.is_file() else {}
+        if self.image_root is not None:
+            for raw_id in item_raw_ids_list:
+                records.setdefault(raw_id, ItemRecord()).image_path = os.path.join(self.image_root, f"{raw_id}.jpg")
+        return RawInteractions(
+            user_codes=pc.index_in(users, value_set=user_raw_ids).to_numpy().astype(np.int64),
+            item_codes=pc.index_in(items, value_set=item_raw_ids).to_numpy().astype(np.int64),
+            timestamps=timestamps.to_numpy().astype(np.int64),
+            ratings=None,
+            user_raw_ids=user_raw_ids.to_pylist(),
+            item_raw_ids=item_raw_ids_list,
+            items=records,
+        )
+
+    def _read_interactions(self, path: Path) -> tuple[pa.ChunkedArray, pa.ChunkedArray, pa.ChunkedArray]:
+        _require_header(path, INTERACTION_COLUMNS)
+        options = pa_csv.ConvertOptions(
+            column_types={"item_id": pa.string(), "user_id": pa.string(), "timestamp": pa.int64()},
+            include_columns=list(INTERACTION_COLUMNS),
+        )
+        batches = []
+        try:
+            reader = pa_csv.open_csv(str(path), read_options=pa_csv.ReadOptions(block_size=16 << 20),
+                                     convert_options=options)
+            with tqdm(desc=f"reading {path.name}", unit=" interactions", unit_scale=True, mininterval=1.0,
+                      disable=not self.show_progress) as progress:
+                for batch in reader:
+                    batches.append(batch)
+                    progress.update(batch.num_rows)
+        except (pa.ArrowInvalid, OSError) as error:
+            raise self._first_bad_row(path, error) from None
+        table = pa.Table.from_batches(batches, schema=reader.schema)
+        if table.num_rows == 0:
+            raise RawDataError(f"{path} holds no interactions")
+        columns = [table.column(name) for name in INTERACTION_COLUMNS]
+        if columns[2].null_count or any(pc.any(pc.equal(column, "")).as_py() for column in columns[:2]):
+            raise self._first_bad_row(path, None)
+        return tuple(columns)
+
+    def _first_bad_row(self, path: Path, error: Optional[Exception]) -> RawDataError:
+        """Scan the CSV with :mod:`csv` for the first row the fast reader could not take, and describe it."""
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader)
+            position = {name: header.index(name) for name in INTERACTION_COLUMNS}
+            for row in reader:
+                if not row:
+                    continue
+                text = ",".join(row)
+                if len(row) != len(header):
+                    return line_error(path, reader.line_num, text, f"expected {len(header)} fields "
+                                      f"({','.join(header)}), got {len(row)}")
+                for name in ("item_id", "user_id"):
+                    if not row[position[name]].strip():
+                        return line_error(path, reader.line_num, text, f"empty {name}")
+                try:
+                    int(row[position["timestamp"]])
+                except ValueError:
+                    return line_error(path, reader.line_num, text, "timestamp is not an integer (Unix seconds)")
+        return RawDataError(f"{path}: could not be parsed ({error}), though every row has item_id, user_id and "
+                            f"an integer timestamp")
+
+    def _read_items(self, path: Path, wanted: set[str]) -> dict[str, ItemRecord]:
+        """Title, tag and description of the wanted items; a conflicting duplicate item row is refused."""
+        _require_header(path, ("item_id",))
+        records: dict[str, ItemRecord] = {}
+        first_line: dict[str, tuple[int, tuple[str, ...]]] = {}
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            for row in reader:
+                item_id = (row.get("item_id") or "").strip()
+                if None in row or None in row.values():
+                    raise line_error(path, reader.line_num, ",".join(str(v) for v in row.values()),
+                                     f"expected {len(reader.fieldnames)} fields ({','.join(reader.fieldnames)})")
+                if item_id not in wanted:
+                    continue
+                # Whitespace collapsed: a line break inside a field would break the prompt's one-line-per-field form.
+                content = tuple(" ".join((row.get(name) or "").split()) for name in ("title", "tag", "description"))
+                if item_id in first_line:
+                    line, first_content = first_line[item_id]
+                    if first_content == content:
+                        continue
+                    raise line_error(path, reader.line_num, ",".join(row.values()),
+                                     f"duplicate item_id {item_id!r}, first listed at line {line} with different "
+                                     f"content; keep one of the two rows")
+                first_line[item_id] = (reader.line_num, content)
+                title, tag, description = content
+                records[item_id] = ItemRecord(title=title, description=description,
+                                              attributes={"tag": tag} if tag else {})
+        return records

@@ -1,0 +1,106 @@
+"""``MIRMAlignmentModule``: stage 1 of Molar (arXiv 2412.18176), generative fine-tuning of the multimodal item
+model on the IT / SA / UB mixtures before it is used as an item encoder.
+
+The objective is next-token cross entropy on the answer tokens only (the paper leaves loss, steps and rate
+open; its code has no stage 1). The LM head is applied to the answer positions alone, so a 150k-token
+vocabulary never produces a ``[B, L, V]`` logits tensor. Checkpoints keep only the weights that train (LoRA
+adapters and the item token, or everything under full fine-tuning), and at the end of training the encoder
+is written with ``MultimodalItemEncoder.save_pretrained`` in the form its constructor loads back.
+``predict`` embeds item batches, which is what ``molar embed`` runs.
+"""
+
+import os
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from molar_lightning.data.alignment import IGNORE_INDEX, AlignmentBatch
+from molar_lightning.data.item_inputs import ItemBatch
+from molar_lightning.models.mirm import MultimodalItemEncoder
+
+
+class MIRMAlignmentModule(pl.LightningModule):
+    """Answer-token cross entropy of the item model on alignment mixtures; item embeddings in ``predict``.
+
+    Args:
+        encoder: the item model to align, with ``finetuning: lora`` or ``full``.
+        optimizer: optimizer factory over the trainable weights; AdamW unless configured.
+        lr_scheduler: optional scheduler factory, stepped every optimizer step.
+        export_dir: where the aligned encoder is written at the end of training; null means
+            ``<run dir>/mirm_encoder``. Load it back with ``adapter_path:`` (LoRA) or ``backbone:`` (full).
+    """
+
+    def __init__(
+        self,
+        encoder: MultimodalItemEncoder,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+        export_dir: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["encoder"])
+        if encoder.backbone.model.get_output_embeddings() is None:
+            raise ValueError(f"{encoder.backbone_name} has no language-model head; generative alignment needs an "
+                             f"image-text-to-text or decoder backbone")
+        self.encoder = encoder
+        # The item token is not part of any alignment prompt; training it here would only leave it unused.
+        if encoder.item_token_id is not None:
+            encoder.item_token_embedding.requires_grad_(False)
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.export_dir = export_dir
+        self.strict_loading = False  # checkpoints hold the trained weights only
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "connect"):
+            datamodule.connect(self.encoder.processor)
+
+    def answer_loss(self, batch: AlignmentBatch) -> torch.Tensor:
+        """Mean cross entropy of the answer tokens given everything before them."""
+        inputs = dict(batch.image_inputs)
+        inputs.update(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        if batch.mm_token_type_ids is not None:
+            inputs["mm_token_type_ids"] = batch.mm_token_type_ids
+        hidden = self.encoder.backbone.base(**inputs).last_hidden_state
+        targets = batch.labels[:, 1:]
+        scored = targets != IGNORE_INDEX
+        logits = self.encoder.backbone.model.get_output_embeddings()(hidden[:, :-1][scored])
+        return F.cross_entropy(logits.float(), targets[scored])
+
+    def training_step(self, batch: AlignmentBatch, batch_idx: int) -> torch.Tensor:
+        loss = self.answer_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch.input_ids))
+        return loss
+
+    def validation_step(self, batch: AlignmentBatch, batch_idx: int) -> None:
+        self.log("val/loss", self.answer_loss(batch), sync_dist=True, batch_size=len(batch.input_ids))
+
+    def test_step(self, batch: AlignmentBatch, batch_idx: int) -> None:
+        self.log("test/loss", self.answer_loss(batch), sync_dist=True, batch_size=len(batch.input_ids))
+
+    def predict_step(self, batch: ItemBatch, batch_idx: int) -> torch.Tensor:
+        """Item embeddings ``[B, H]`` of an item batch (from ``molar_lightning.data.item_inputs``)."""
+        return self.encoder(batch.input_ids, batch.attention_mask, batch.lengths, batch.mm_token_type_ids,
+                            batch.image_inputs)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trained = {name for name, parameter in self.named_parameters() if parameter.requires_grad}
+        checkpoint["state_dict"] = {name: value for name, value in checkpoint["state_dict"].items() if name in trained}
+
+    def on_train_end(self) -> None:
+        folder = self.export_dir or os.path.join(self.trainer.log_dir or self.trainer.default_root_dir, "mirm_encoder")
+        if self.trainer.is_global_zero:
+            self.encoder.save_pretrained(folder)
+
+    def configure_optimizers(self):
+        trainable = [parameter for parameter in self.parameters() if parameter.requires_grad]
+        if not trainable:
+            raise ValueError("the encoder has no trainable weight: set its finetuning to lora or full")
+        optimizer = self.optimizer(trainable)
+        if self.lr_scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "interval": "step"}}

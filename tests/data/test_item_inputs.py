@@ -1,0 +1,89 @@
+"""Item batches: padded either side or packed, images concatenated in item order, batches sorted by length,
+and every item with nothing to embed reported at once (before any model work)."""
+
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import torch
+from PIL import Image
+
+from molar_lightning.data.catalog import ItemCatalog
+from molar_lightning.data.item_inputs import LengthSortedBatches, collate_items, item_loader
+from molar_lightning.data.prepare import PrepareParams, prepare_dataset
+from molar_lightning.data.sources.movielens import MovieLens
+
+
+def sample(ids: list[int], image: bool) -> dict[str, torch.Tensor]:
+    out = {"input_ids": torch.tensor(ids), "mm_token_type_ids": torch.tensor([1 if i == 9 else 0 for i in ids])}
+    if image:
+        out["pixel_values"] = torch.full((4, 3), float(ids[0]))
+        out["image_grid_thw"] = torch.tensor([[1, 2, 2]])
+    return out
+
+
+SAMPLES = [(7, sample([1, 9, 2, 3], True)), (8, sample([4, 5], False)), (9, sample([6, 9, 7], True))]
+
+
+def test_padding_right_and_left() -> None:
+    right = collate_items(SAMPLES, pad_token_id=0)
+    assert right.input_ids.tolist() == [[1, 9, 2, 3], [4, 5, 0, 0], [6, 9, 7, 0]]
+    assert right.attention_mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]]
+    left = collate_items(SAMPLES, pad_token_id=0, padding_side="left")
+    assert left.input_ids.tolist() == [[1, 9, 2, 3], [0, 0, 4, 5], [0, 6, 9, 7]]
+    assert left.mm_token_type_ids.tolist() == [[0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0]]
+    assert right.item_ids.tolist() == [7, 8, 9] and right.lengths.tolist() == [4, 2, 3]
+    # images of items 7 and 9, in item order; item 8 has none
+    assert right.image_inputs["pixel_values"][:, 0].tolist() == [1.0] * 4 + [6.0] * 4
+    assert right.image_inputs["image_grid_thw"].shape == (2, 3)
+
+
+def test_packing_concatenates_without_padding() -> None:
+    packed = collate_items(SAMPLES, pad_token_id=0, pack=True)
+    assert packed.input_ids.tolist() == [[1, 9, 2, 3, 4, 5, 6, 9, 7]]
+    assert packed.attention_mask is None and packed.lengths.tolist() == [4, 2, 3]
+
+
+def test_batches_are_sorted_longest_first() -> None:
+    batches = list(LengthSortedBatches([3, 9, 1, 7, 5], batch_size=2))
+    assert batches == [[1, 3], [4, 0], [2]]
+
+
+class WordBuilder:
+    """Stands in for the encoder: one token per word of the title, and an image token when there is one."""
+
+    pack_sequences = False
+    pad_token_id = 0
+
+    def item_length(self, fields: dict[str, str], has_image: bool) -> int:
+        if not fields.get("title", "").strip() and not has_image:
+            raise ValueError("no text or readable image")
+        return len(fields.get("title", "").split()) + has_image
+
+    def item_inputs(self, fields: dict[str, str], image: Optional[Image.Image]) -> dict[str, torch.Tensor]:
+        self.item_length(fields, image is not None)
+        return {"input_ids": torch.arange(1, self.item_length(fields, image is not None) + 1)}
+
+
+@pytest.fixture
+def catalog(ml1m_dir: Path, tmp_path: Path) -> ItemCatalog:
+    movies = ml1m_dir / "movies.dat"
+    lines = movies.read_text(encoding="latin-1").splitlines()
+    lines[1] = "2:: ::Adventure"  # item 2 keeps no title
+    lines[4] = "5:: ::Drama"
+    movies.write_text("\n".join(lines) + "\n", encoding="latin-1")
+    dataset = prepare_dataset(MovieLens(str(ml1m_dir), show_progress=False), str(tmp_path / "cache"), PrepareParams())
+    return ItemCatalog(dataset)
+
+
+def test_items_with_nothing_to_embed_are_all_reported_before_any_work(catalog: ItemCatalog) -> None:
+    with pytest.raises(ValueError, match=r"2 item\(s\) have nothing to embed: 2, 5\. First: item 2"):
+        item_loader(catalog, WordBuilder())
+
+
+def test_the_loader_serves_every_requested_item_once(catalog: ItemCatalog) -> None:
+    loader = item_loader(catalog, WordBuilder(), item_ids=[1, 3, 4, 6, 7], batch_size=2)
+    served = [item for batch in loader for item in batch.item_ids.tolist()]
+    assert sorted(served) == [1, 3, 4, 6, 7]
+    lengths = [batch.lengths.max().item() for batch in loader]
+    assert lengths == sorted(lengths, reverse=True)

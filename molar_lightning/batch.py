@@ -1,10 +1,10 @@
-"""The two batch types that flow from the DataModules into the tasks and the evaluation callback.
+"""The batch types that flow from the DataModules into the tasks and callbacks.
 
 Dataclasses rather than dicts, so a misspelled field is an error and not a silently missing key.
 Lightning moves dataclass batches between devices field by field.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -54,3 +54,46 @@ class EvalBatch:
     def mask(self) -> torch.Tensor:
         """``[B, L]`` bool, True at real items."""
         return self.item_seq != 0
+
+
+IGNORE_INDEX = -100  # label of prompt and padding tokens, which the alignment loss skips
+
+
+@dataclass
+class ItemBatch:
+    """Model inputs of a batch of items.
+
+    Attributes:
+        item_ids: ``[B]`` catalog item ids, in the order of the embeddings the encoder returns.
+        input_ids: ``[B, L]`` padded, or ``[1, T]`` with the items packed one after the other.
+        attention_mask: ``[B, L]`` 1 at real tokens; None when packed.
+        lengths: ``[B]`` tokens per item.
+        mm_token_type_ids: like ``input_ids``, 1 at image tokens; None for families without it.
+        image_inputs: image processor tensors of every image in the batch, concatenated in item order.
+    """
+
+    item_ids: torch.Tensor
+    input_ids: torch.Tensor
+    attention_mask: Optional[torch.Tensor]
+    lengths: torch.Tensor
+    mm_token_type_ids: Optional[torch.Tensor] = None
+    image_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class AlignmentBatch:
+    """Right-padded prompt + answer tokens.
+
+    Attributes:
+        input_ids: ``[B, L]``.
+        attention_mask: ``[B, L]`` 1 at real tokens.
+        labels: ``[B, L]`` the answer's token ids, -100 on the prompt and padding.
+        mm_token_type_ids: ``[B, L]`` 1 at image tokens, for families that use it.
+        image_inputs: the image processor's tensors of every image, in order.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    mm_token_type_ids: Optional[torch.Tensor] = None
+    image_inputs: dict[str, torch.Tensor] = field(default_factory=dict)

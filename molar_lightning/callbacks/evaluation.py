@@ -104,23 +104,29 @@ class RankingEvaluationCallback(pl.Callback):
         self.validation_history = list(state_dict["validation_history"])
 
 
-def _update(metric: RankingMetrics, outputs: Any, batch: EvalBatch) -> None:
-    """Feed one batch to the metric when the step returned the user and item embeddings."""
-    if isinstance(outputs, Mapping) and "user_emb" in outputs and "item_emb" in outputs:
-        metric.update(outputs["user_emb"], outputs["item_emb"], batch.target, batch.history)
+def _update(metric: RankingMetrics, outputs: Any, batch: Any) -> None:
+    """Feed one ranking batch (an EvalBatch) to the metric; other batches (MIRM alignment validates on its own
+    loss) are not ranking batches and are ignored."""
+    if not isinstance(batch, EvalBatch):
+        return
+    if not (isinstance(outputs, Mapping) and "user_emb" in outputs and "item_emb" in outputs):
+        rank_zero_warn(
+            "no batch gave ranking outputs for an EvalBatch, so it is not ranked: the step must return "
+            '{"user_emb": [B, D], "item_emb": [N + 1, D]} for RankingEvaluationCallback.'
+        )
+        return
+    metric.update(outputs["user_emb"], outputs["item_emb"], batch.target, batch.history)
 
 
 def _compute_and_log(
     metric: RankingMetrics, pl_module: pl.LightningModule, prefix: str
 ) -> Optional[dict[str, float]]:
-    """Compute (reduced over all processes), reset, log as ``<prefix>/<name>``; None when no user was seen."""
+    """Compute (reduced over all processes), reset, log as ``<prefix>/<name>``; None when no user was seen.
+
+    """
     values = metric.compute()
     metric.reset()
     if int(values["users"]) == 0:
-        rank_zero_warn(
-            f"{prefix}: no batch gave ranking outputs, so no ranking metrics are logged. The step must return "
-            '{"user_emb": [B, D], "item_emb": [N + 1, D]} for RankingEvaluationCallback.'
-        )
         return None
     for name, value in values.items():
         pl_module.log(f"{prefix}/{name}", value if value.is_floating_point() else value.float())

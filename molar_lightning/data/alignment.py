@@ -12,7 +12,7 @@ read in DataLoader workers; the loss is on answer tokens only (prompt labels are
 examples of similar length.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property, partial
 from typing import Optional, Protocol, Sequence, Union
 
@@ -21,12 +21,12 @@ import torch
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from molar_lightning.batch import IGNORE_INDEX, AlignmentBatch
 from molar_lightning.data.catalog import ItemCatalog
 from molar_lightning.data.datamodule import SequentialDataModule
 from molar_lightning.data.item_inputs import pad_rows
 from molar_lightning.data.raw import InteractionSource
 
-IGNORE_INDEX = -100
 IT_INSTRUCTION = "Describe this item in detail."
 SA_INSTRUCTION = "Write the description of the item with these attributes."
 UB_INSTRUCTION = "A user interacted with these items, in this order:"
@@ -58,25 +58,6 @@ class AlignmentExample:
     mixture: str
     items: tuple[int, ...]
     targets: tuple[int, ...] = ()
-
-
-@dataclass
-class AlignmentBatch:
-    """Right-padded prompt + answer tokens.
-
-    Attributes:
-        input_ids: ``[B, L]``.
-        attention_mask: ``[B, L]`` 1 at real tokens.
-        labels: ``[B, L]`` the answer's token ids, -100 on the prompt and padding.
-        mm_token_type_ids: ``[B, L]`` 1 at image tokens, for families that use it.
-        image_inputs: the image processor's tensors of every image, in order.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    labels: torch.Tensor
-    mm_token_type_ids: Optional[torch.Tensor] = None
-    image_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def build_examples(catalog: ItemCatalog, offsets: np.ndarray, items: np.ndarray, image_text: bool,

@@ -9,7 +9,6 @@ item is embedded exactly once.
 """
 
 import os
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Optional, Protocol, Sequence
 
@@ -18,6 +17,7 @@ import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from molar_lightning.batch import ItemBatch
 from molar_lightning.data.catalog import ItemCatalog
 
 TOKEN_KEYS = ("input_ids", "mm_token_type_ids")
@@ -34,27 +34,6 @@ class ItemInputBuilder(Protocol):
     def item_inputs(self, fields: dict[str, str], image: Optional[Image.Image]) -> dict[str, torch.Tensor]: ...
 
     def item_length(self, fields: dict[str, str], has_image: bool) -> int: ...
-
-
-@dataclass
-class ItemBatch:
-    """Model inputs of a batch of items.
-
-    Attributes:
-        item_ids: ``[B]`` catalog item ids, in the order of the embeddings the encoder returns.
-        input_ids: ``[B, L]`` padded, or ``[1, T]`` with the items packed one after the other.
-        attention_mask: ``[B, L]`` 1 at real tokens; None when packed.
-        lengths: ``[B]`` tokens per item.
-        mm_token_type_ids: like ``input_ids``, 1 at image tokens; None for families without it.
-        image_inputs: image processor tensors of every image in the batch, concatenated in item order.
-    """
-
-    item_ids: torch.Tensor
-    input_ids: torch.Tensor
-    attention_mask: Optional[torch.Tensor]
-    lengths: torch.Tensor
-    mm_token_type_ids: Optional[torch.Tensor] = None
-    image_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def pad_rows(rows: Sequence[torch.Tensor], value: int, side: str) -> torch.Tensor:

@@ -34,6 +34,13 @@ Modality = Literal["image+text", "image", "text"]
 Pooling = Literal["item_token", "mean", "last_token"]
 
 
+def render_fields(fields: dict[str, str]) -> str:
+    """Non-empty fields as ``"\\n{key}: {value}"`` lines, in order; the token cap is applied after tokenising,
+    as the authors' code truncates (``molar_lightning.data.catalog.PromptRenderer`` cuts at word boundaries
+    instead, for prompts built on the data side)."""
+    return "".join(f"\n{key}: {value}" for key, value in fields.items() if value)
+
+
 class ItemContentError(ValueError):
     """An item has nothing to embed under the chosen modality."""
 
@@ -146,8 +153,7 @@ class MultimodalItemEncoder(nn.Module):
 
     def item_segments(self, fields: dict[str, str], image: Optional[Image.Image]) -> list:
         """The prompt as segments: image, instruction, capped text ids, item token (as the modality allows)."""
-        text = "".join(f"\n{key}: {value}" for key, value in fields.items() if value) \
-            if self.modality != "image" else ""
+        text = render_fields(fields) if self.modality != "image" else ""
         use_image = image is not None and self.modality != "text"
         segments: list = [image] if use_image else []
         segments.append(self._instruction_ids)
@@ -176,8 +182,7 @@ class MultimodalItemEncoder(nn.Module):
         self._check_content(fields, has_image)
         length = len(self._instruction_ids) + (self.item_token_id is not None)
         if self.modality != "image":
-            text = "".join(f"\n{key}: {value}" for key, value in fields.items() if value)
-            length += len(self.processor.text_ids(text, self.max_text_tokens))
+            length += len(self.processor.text_ids(render_fields(fields), self.max_text_tokens))
         if has_image and self.modality != "text":
             if self._image_token_count is None:
                 blank = Image.new("RGB", (self.image_size, self.image_size))

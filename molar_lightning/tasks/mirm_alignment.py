@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from molar_lightning.data.alignment import IGNORE_INDEX, AlignmentBatch
-from molar_lightning.data.item_inputs import ItemBatch
+from molar_lightning.batch import IGNORE_INDEX, AlignmentBatch, ItemBatch
 from molar_lightning.models.mirm import MultimodalItemEncoder
 
 

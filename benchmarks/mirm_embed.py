@@ -53,7 +53,8 @@ def naive(encoder: MultimodalItemEncoder, catalog: ItemCatalog, item_ids: list[i
     start = time.perf_counter()
     with torch.no_grad():
         for item_id in item_ids:
-            batch = collate_items([(item_id, encoder.item_inputs(catalog.fields(item_id), catalog.image(item_id)))],
+            image = catalog.image(item_id, max_size=encoder.image_size)
+            batch = collate_items([(item_id, encoder.item_inputs(catalog.fields(item_id), image))],
                                   encoder.pad_token_id)
             rows.append(encoder(batch.input_ids, batch.attention_mask, batch.lengths, batch.mm_token_type_ids,
                                 batch.image_inputs)[0])
@@ -66,7 +67,8 @@ def forward_only(encoder: MultimodalItemEncoder, catalog: ItemCatalog, item_ids:
     one item at a time, and of the forward pass in length-sorted batches: where the time goes."""
     encoder.eval()
     start = time.perf_counter()
-    inputs = [(i, encoder.item_inputs(catalog.fields(i), catalog.image(i))) for i in item_ids]
+    inputs = [(i, encoder.item_inputs(catalog.fields(i), catalog.image(i, max_size=encoder.image_size)))
+              for i in item_ids]
     build = time.perf_counter() - start
     inputs.sort(key=lambda pair: -len(pair[1]["input_ids"]))
     timings = []

@@ -127,15 +127,19 @@ class ItemCatalog:
         path = self._row(item_id)["image_path"]
         return Path(path) if path else None
 
-    def image(self, item_id: int) -> Optional[Image.Image]:
-        """The item's image as RGB, longest side at most ``max_image_size``; None if missing or unreadable."""
+    def image(self, item_id: int, max_size: Optional[int] = None) -> Optional[Image.Image]:
+        """The item's image as RGB, longest side at most ``max_size`` (default ``max_image_size``); None if
+        missing or unreadable. JPEGs are decoded directly at the smallest scale that still covers the size
+        (``Image.draft``), which is most of the cost saved when a model looks at small images."""
+        size = min(max_size or self.max_image_size, self.max_image_size)
         path = self.image_path(item_id)
         if path is None or not path.is_file():
             return None
         try:
             with Image.open(path) as opened:
+                opened.draft("RGB", (size, size))
                 image = opened.convert("RGB")
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             return None
-        image.thumbnail((self.max_image_size, self.max_image_size))
+        image.thumbnail((size, size))
         return image

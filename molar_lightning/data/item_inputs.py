@@ -27,6 +27,7 @@ class ItemInputBuilder(Protocol):
     """What the loader needs from an item encoder (``MultimodalItemEncoder`` is one)."""
 
     pack_sequences: bool
+    image_size: int  # longest image side the model looks at; images are decoded no larger
 
     @property
     def pad_token_id(self) -> int: ...
@@ -94,7 +95,8 @@ class ItemContentDataset(Dataset):
         item_id = self.item_ids[index]
         fields = self.catalog.fields(item_id)
         try:
-            return item_id, self.builder.item_inputs(fields, self.catalog.image(item_id))
+            image = self.catalog.image(item_id, max_size=self.builder.image_size)
+            return item_id, self.builder.item_inputs(fields, image)
         except ValueError as error:
             raise ValueError(f"item {item_id} ({fields.get('title', 'untitled')}, image "
                              f"{self.catalog.image_path(item_id)}): {error}") from error

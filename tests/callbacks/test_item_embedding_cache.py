@@ -52,7 +52,8 @@ def one_by_one(module: MIRMAlignmentModule, catalog: ItemCatalog) -> torch.Tenso
     rows = [torch.zeros(encoder.hidden_size)]
     with torch.no_grad():
         for item_id in range(1, len(catalog) + 1):
-            batch = collate_items([(item_id, encoder.item_inputs(catalog.fields(item_id), catalog.image(item_id)))],
+            image = catalog.image(item_id, max_size=encoder.image_size)
+            batch = collate_items([(item_id, encoder.item_inputs(catalog.fields(item_id), image))],
                                   encoder.pad_token_id)
             rows.append(encoder(batch.input_ids, batch.attention_mask, batch.lengths, batch.mm_token_type_ids,
                                 batch.image_inputs)[0])

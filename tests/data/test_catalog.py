@@ -44,3 +44,10 @@ def test_missing_or_corrupt_images_give_none(catalog: ItemCatalog) -> None:
 def test_item_ids_are_checked(catalog: ItemCatalog) -> None:
     with pytest.raises(IndexError, match="outside 1..10"):
         catalog.fields(0)
+
+
+def test_images_can_be_decoded_smaller(catalog: ItemCatalog) -> None:
+    # A 600x300 JPEG asked for at most 20 px: decoded at a reduced scale, then capped exactly.
+    image = catalog.image(1, max_size=20)
+    assert image.size == (20, 10) and image.mode == "RGB"
+    assert catalog.image(1, max_size=1000).size == (100, 50)  # never above the catalog's own cap

@@ -54,6 +54,7 @@ class WordBuilder:
 
     pack_sequences = False
     pad_token_id = 0
+    image_size = 28
 
     def item_length(self, fields: dict[str, str], has_image: bool) -> int:
         if not fields.get("title", "").strip() and not has_image:

@@ -64,7 +64,7 @@ def test_alignment_loss_falls_and_the_aligned_encoder_round_trips(data_dir, tiny
     trained = cli.model.encoder.eval()
     exported = MultimodalItemEncoder(backbone=str(run_dir / "mirm"), image_size=IMAGE_SIZE).eval()
     catalog = cli.datamodule.catalog
-    items = [(i, catalog.fields(i), catalog.image(i)) for i in (1, 5, 10)]
+    items = [(i, catalog.fields(i), catalog.image(i, max_size=IMAGE_SIZE)) for i in (1, 5, 10)]
     embeddings = []
     for encoder in (trained, exported):
         batch = collate_items([(i, encoder.item_inputs(f, im)) for i, f, im in items], encoder.pad_token_id)

@@ -1,0 +1,36 @@
+"""Hands a task that trains its item encoder end to end (``MolarModule`` with ``item_encoder``) a way to build
+that encoder's inputs for any items of the DataModule's catalog.
+
+Tasks do not import ``data/``; this callback does the wiring at setup, before the task's own ``setup``.
+"""
+
+from typing import Sequence
+
+import lightning.pytorch as pl
+
+from molar_lightning.batch import ItemBatch
+from molar_lightning.data.catalog import ItemCatalog
+from molar_lightning.data.item_inputs import ItemContentDataset, collate_items
+
+
+class ItemInputsCallback(pl.Callback):
+    """Connects ``pl_module.connect_item_inputs`` to the items of ``trainer.datamodule``.
+
+    Args:
+        max_image_size: images are capped at this side in pixels when read from the catalog.
+    """
+
+    def __init__(self, max_image_size: int = 448) -> None:
+        self.max_image_size = max_image_size
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        encoder = pl_module.item_encoder
+        catalog = ItemCatalog(datamodule.dataset, max_image_size=self.max_image_size)
+        dataset = ItemContentDataset(catalog, encoder, range(1, len(catalog) + 1))
+
+        def item_inputs(item_ids: Sequence[int]) -> ItemBatch:
+            return collate_items([dataset[item_id - 1] for item_id in item_ids], encoder.pad_token_id,
+                                 pack=encoder.pack_sequences)
+
+        pl_module.connect_item_inputs(item_inputs, datamodule.num_items)

@@ -1,0 +1,308 @@
+"""``MolarModule``: stage 2 of Molar (arXiv 2412.18176): DUEG over MIRM item embeddings, post-aligned with an
+ID model.
+
+The content path is a user encoder (DUEG, or a SASRec/GRU4Rec-style one) over item embeddings, trained on
+next-item prediction at every position (InfoNCE by default, the paper's sampled BCE as an option). The
+collaborative path is an ID model (any :class:`~molar_lightning.models.protocol.SequenceEncoder`, SASRec by
+default) loaded from a :class:`~molar_lightning.tasks.sequential.SequentialRecModule` checkpoint and frozen,
+or trained jointly. Post-alignment adds ``align_weight`` times a symmetric InfoNCE between each user's
+content and ID embeddings (:class:`~molar_lightning.losses.UserAlignmentLoss`); ``align_weight: 0`` is the
+paper's "w/o CL" and never runs the ID model in training.
+
+Item embeddings come either from a frozen MIRM's on-disk cache (``molar embed``), loaded once into a buffer,
+or from a MIRM trained end to end, which embeds the items of each batch (plus random negatives) every step.
+Validation and test return ``{"user_emb", "item_emb"}`` for
+:class:`~molar_lightning.callbacks.evaluation.RankingEvaluationCallback`, scored by the content path (cosine),
+the ID model alone, or a fused score.
+"""
+
+from pathlib import Path
+from typing import Callable, Literal, Optional, Sequence, Union
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from safetensors.torch import load_file
+from torch import nn
+
+from molar_lightning.batch import EvalBatch, ItemBatch, TrainBatch
+from molar_lightning.losses import ContentInfoNCELoss, FullSoftmaxCrossEntropy, UserAlignmentLoss
+
+CACHE_FILE = "embeddings.safetensors"
+
+
+def load_item_table(path: Union[str, list[str]]) -> torch.Tensor:
+    """``[N + 1, D]`` float32 from a finished cache folder (``molar embed`` prints it) or its safetensors file;
+    a list of them is concatenated feature-wise (e.g. text and image embeddings)."""
+    if not isinstance(path, str):
+        return torch.cat([load_item_table(part) for part in path], dim=-1)
+    file = Path(path) / CACHE_FILE if Path(path).is_dir() else Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"item_embeddings: {file} does not exist; run `molar embed --config <MIRM yaml>` "
+                                f"and pass the folder it prints")
+    return load_file(str(file))["embeddings"].float()
+
+
+def load_encoder_weights(encoder: nn.Module, checkpoint: str) -> None:
+    """Load the ``encoder.*`` weights of a ``SequentialRecModule`` checkpoint into ``encoder``."""
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"encoder_checkpoint {checkpoint} does not exist; train the ID model first "
+                                f"(molar fit --config configs/<data>/sasrec.yaml) and pass its best-*.ckpt")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    weights = {key.removeprefix("encoder."): value for key, value in state.items() if key.startswith("encoder.")}
+    if not weights:
+        raise ValueError(f"encoder_checkpoint {checkpoint} has no encoder.* weights; pass a checkpoint written by "
+                         f"`molar fit` with SequentialRecModule (runs/.../checkpoints/best-*.ckpt)")
+    encoder.load_state_dict(weights)
+
+
+class MolarModule(pl.LightningModule):
+    """Content user model + item embeddings, post-aligned with an ID model (Molar; HLLM/CoLLM/SASRec+BERT rows).
+
+    Args:
+        user_encoder: the content user model over item embeddings (``molar_lightning.models.dueg``:
+            ``LLMUserEncoder`` is the paper's DUEG); its ``input_size`` must be the item embedding width (after
+            ``item_adapter``).
+        encoder: the ID model for post-alignment (SASRec, FPMC, GRU4Rec, DuoRec); null for no ID model
+            (HLLM- and SASRec+BERT-style rows), which needs ``align_weight: 0`` and ``scoring: content``.
+        item_embeddings: a finished item embedding cache folder (or its ``embeddings.safetensors``) of a frozen
+            MIRM: the fast mode; a list of them is concatenated (text + image features). Exactly one of this and
+            ``item_encoder``.
+        item_encoder: a MIRM trained end to end (``finetuning: lora``), embedding the items of every batch.
+            Its inputs come from :meth:`connect_item_inputs`, which
+            :class:`~molar_lightning.callbacks.item_inputs.ItemInputsCallback` calls at setup.
+        item_adapter: a trainable map applied to every item embedding before both the user model and scoring
+            (e.g. ``torch.nn.Linear``); null uses the embeddings as they are.
+        loss: next-item loss of the content path: ``ContentInfoNCELoss`` (default, the authors' code) or
+            ``SampledBCELoss`` (the paper's text), from ``molar_lightning.losses``.
+        id_tokens: CoLLM-style input: after each item's content embedding the user model also reads that item's
+            ID-model embedding (through a trainable linear map), so it sees ``2 L`` tokens; needs ``encoder``.
+        encoder_checkpoint: a ``SequentialRecModule`` checkpoint whose ``encoder.*`` weights the ID model loads.
+        train_encoder: train the ID model jointly with its own next-item loss added; by default it is frozen.
+        encoder_loss: the ID model's next-item loss when ``train_encoder``; null means full-softmax CE.
+        align_weight: alpha, the weight of the post-alignment loss; 0 is "w/o CL".
+        align_temperature: tau of the post-alignment InfoNCE.
+        scoring: how validation/test rank items: ``content`` (cosine of the content user and item embeddings),
+            ``id`` (the ID model alone) or ``fused`` (see ``fusion_weight``).
+        fusion_weight: the fused score is ``(1 - w) * content cosine + w * ID cosine``.
+        negatives_per_step: end-to-end mode only: random items embedded each step beside the batch's own, which
+            with them form the item table the loss draws negatives from.
+        item_batch_size: end-to-end mode only: items per MIRM forward when embedding the whole catalog for
+            validation and test.
+        optimizer: optimizer factory over every trainable weight; AdamW unless configured.
+        lr_scheduler: optional scheduler factory, stepped every optimizer step.
+    """
+
+    def __init__(
+        self,
+        user_encoder: nn.Module,
+        encoder: Optional[nn.Module] = None,
+        item_embeddings: Optional[Union[str, list[str]]] = None,
+        item_encoder: Optional[nn.Module] = None,
+        item_adapter: Optional[nn.Module] = None,
+        loss: Optional[nn.Module] = None,
+        id_tokens: bool = False,
+        encoder_checkpoint: Optional[str] = None,
+        train_encoder: bool = False,
+        encoder_loss: Optional[nn.Module] = None,
+        align_weight: float = 0.1,
+        align_temperature: float = 0.07,
+        scoring: Literal["content", "id", "fused"] = "content",
+        fusion_weight: float = 0.5,
+        negatives_per_step: int = 256,
+        item_batch_size: int = 64,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["user_encoder", "encoder", "item_encoder", "item_adapter", "loss",
+                                          "encoder_loss", "optimizer", "lr_scheduler"])
+        if (item_embeddings is None) == (item_encoder is None):
+            raise ValueError("set exactly one of item_embeddings (a frozen MIRM's cache folder) and item_encoder "
+                             "(a MIRM trained end to end)")
+        if scoring not in ("content", "id", "fused"):
+            raise ValueError(f"scoring must be content, id or fused, got {scoring!r}")
+        if encoder is None and (align_weight != 0 or scoring != "content" or train_encoder or id_tokens):
+            raise ValueError(f"without an ID model (encoder: null) align_weight must be 0 (got {align_weight}), "
+                             f"scoring content (got {scoring!r}), train_encoder and id_tokens false; or configure "
+                             f"an encoder")
+        self.user_encoder = user_encoder
+        self.encoder = encoder
+        self.item_encoder = item_encoder
+        self.item_adapter = item_adapter if item_adapter is not None else nn.Identity()
+        self.loss = loss if loss is not None else ContentInfoNCELoss()
+        self.align_loss = UserAlignmentLoss(align_temperature)
+        self.align_weight = align_weight
+        self.id_tokens = id_tokens
+        self.train_encoder = train_encoder
+        self.scoring = scoring
+        self.fusion_weight = fusion_weight
+        self.negatives_per_step = negatives_per_step
+        self.item_batch_size = item_batch_size
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self._item_inputs: Optional[Callable[[Sequence[int]], ItemBatch]] = None
+        self._num_items = 0
+        self._catalog_table: Optional[torch.Tensor] = None  # end-to-end mode: all items, for evaluation
+        if item_embeddings is not None:
+            self.register_buffer("cached_items", load_item_table(item_embeddings), persistent=False)
+            width = self.item_adapter(self.cached_items[:1]).shape[-1]
+        else:
+            width = item_encoder.hidden_size
+            if item_adapter is not None:
+                width = item_adapter(torch.zeros(1, width)).shape[-1]
+        if width != user_encoder.input_size:
+            raise ValueError(f"item embeddings are {width}-dimensional (after item_adapter) but the user_encoder's "
+                             f"input_size is {user_encoder.input_size}; set user_encoder.init_args.input_size: {width}")
+        self.align_projection: nn.Module = nn.Identity()
+        if encoder is not None:
+            if encoder_checkpoint is not None:
+                load_encoder_weights(encoder, encoder_checkpoint)
+            encoder.requires_grad_(train_encoder)
+            self.encoder_loss = encoder_loss if encoder_loss is not None else FullSoftmaxCrossEntropy()
+            id_width = encoder.item_embeddings().shape[-1]
+            if id_width != width and align_weight != 0:
+                self.align_projection = nn.Linear(id_width, width)
+            if id_tokens:
+                self.id_token_projection = nn.Linear(id_width, width)
+
+    # ----- item embeddings ----------------------------------------------------------------------------------
+    def connect_item_inputs(self, item_inputs: Callable[[Sequence[int]], ItemBatch], num_items: int) -> None:
+        """End-to-end mode: ``item_inputs(item_ids)`` builds the MIRM inputs of those items, in that order,
+        for a catalog of ``num_items`` items."""
+        self._item_inputs = item_inputs
+        self._num_items = num_items
+
+    def setup(self, stage: str) -> None:
+        if self.item_encoder is not None and self._item_inputs is None:
+            raise ValueError("end-to-end mode (item_encoder set) needs item contents: add "
+                             "molar_lightning.callbacks.item_inputs.ItemInputsCallback to trainer.callbacks (or call "
+                             "MolarModule.connect_item_inputs), or use the frozen mode with item_embeddings")
+
+    def embed_items(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """End-to-end mode: MIRM embeddings ``[K, H]`` of ``item_ids [K]`` (with gradients when training)."""
+        batch = self.transfer_batch_to_device(self._item_inputs(item_ids.tolist()), self.device, 0)
+        if not torch.equal(batch.item_ids, item_ids):
+            raise ValueError("item_inputs must return the items in the order asked for")
+        return self.item_encoder(batch.input_ids, batch.attention_mask, batch.lengths, batch.mm_token_type_ids,
+                                 batch.image_inputs)
+
+    def item_table(self) -> torch.Tensor:
+        """``[N + 1, D]``: every item's embedding after the adapter (cached, or the whole catalog end to end)."""
+        if self.item_encoder is None:
+            return self.item_adapter(self.cached_items)
+        if self._catalog_table is None:
+            raise RuntimeError("the end-to-end item table is built at the start of validation and test only")
+        return self.item_adapter(self._catalog_table)
+
+    def _train_items(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(item table, item_seq, target_seq) for a training step, ids remapped into that table.
+
+        Cached: the whole table and the batch as it is. End to end: the batch's items plus
+        ``negatives_per_step`` random ones, embedded now, as rows ``1..K`` of a local table.
+        """
+        if self.item_encoder is None:
+            return self.item_adapter(self.cached_items), batch.item_seq, batch.target_seq
+        num_items = self._num_items
+        random = torch.randint(1, num_items + 1, (self.negatives_per_step,), device=batch.item_seq.device)
+        ids = torch.cat([batch.item_seq.flatten(), batch.target_seq.flatten(), random]).unique()
+        ids = ids[ids != 0]
+        local = torch.zeros(num_items + 1, dtype=torch.long, device=ids.device)
+        local[ids] = torch.arange(1, len(ids) + 1, device=ids.device)
+        embedded = self.embed_items(ids)
+        table = torch.cat([embedded.new_zeros(1, embedded.shape[-1]), embedded])
+        return self.item_adapter(table), local[batch.item_seq], local[batch.target_seq]
+
+    def _embed_catalog(self) -> None:
+        if self.item_encoder is None:
+            return
+        ids = torch.arange(1, self._num_items + 1, device=self.device)
+        with torch.no_grad():
+            rows = [self.embed_items(chunk) for chunk in ids.split(self.item_batch_size)]
+        self._catalog_table = torch.cat([rows[0].new_zeros(1, rows[0].shape[-1]), *rows]).float()
+
+    def on_validation_epoch_start(self) -> None:
+        self._embed_catalog()
+
+    def on_test_epoch_start(self) -> None:
+        self._embed_catalog()
+
+    def user_states(self, table: torch.Tensor, item_seq: torch.Tensor, mask: torch.Tensor,
+                    id_seq: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Content user states ``[B, L, D]`` (``[B, D]`` with ``last_only``) from ``table[item_seq]``; with
+        ``id_tokens`` the ID-model embedding of ``id_seq`` (catalog ids) follows each item's content embedding."""
+        inputs = table[item_seq]
+        if self.id_tokens:
+            id_embs = self.id_token_projection(self.encoder.item_embeddings()[id_seq])
+            inputs = torch.stack([inputs, id_embs], dim=2).flatten(1, 2)
+            mask = mask.repeat_interleave(2, dim=1)
+            if not last_only:  # the state after an item's ID token has seen all of that item
+                return self.user_encoder.sequence_states(inputs, mask)[:, 1::2]
+        if last_only:
+            return self.user_encoder.encode_sequence(inputs, mask)
+        return self.user_encoder.sequence_states(inputs, mask)
+
+    # ----- training -----------------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "MolarModule":
+        super().train(mode)
+        if self.encoder is not None and not self.train_encoder:
+            self.encoder.eval()  # a frozen ID model gives the same embedding every time (no dropout)
+        return self
+
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> torch.Tensor:
+        table, item_seq, target_seq = self._train_items(batch)
+        mask = batch.mask
+        states = self.user_states(table, item_seq, mask, batch.item_seq)
+        has_target = target_seq != 0
+        user_items = torch.cat([item_seq, target_seq], dim=1)
+        owners = has_target.nonzero()[:, 0]
+        loss = self.loss(states[has_target], target_seq[has_target], table, user_items, owners)
+        self.log("train/next_item_loss", loss)
+        if self.encoder is not None and (self.align_weight != 0 or self.train_encoder):
+            if self.train_encoder:
+                id_states = self.encoder.sequence_states(batch.item_seq, mask, batch.user_ids)
+                id_loss = self.encoder_loss(id_states[has_target], batch.target_seq[has_target],
+                                            self.encoder.item_embeddings())
+                self.log("train/encoder_loss", id_loss)
+                loss = loss + id_loss
+                id_users = id_states[:, -1]
+            else:
+                with torch.no_grad():
+                    id_users = self.encoder.encode_sequence(batch.item_seq, mask, batch.user_ids)
+            if self.align_weight != 0:
+                align = self.align_loss(states[:, -1], self.align_projection(id_users))
+                self.log("train/align_loss", align)
+                loss = loss + self.align_weight * align
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    # ----- evaluation ---------------------------------------------------------------------------------------
+    def _rank_inputs(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
+        if self.scoring == "id":
+            return {"user_emb": self.encoder.encode_sequence(batch.item_seq, batch.mask, batch.user_ids),
+                    "item_emb": self.encoder.item_embeddings()}
+        table = self.item_table()
+        user = F.normalize(self.user_states(table, batch.item_seq, batch.mask, batch.item_seq, last_only=True), dim=-1)
+        items = F.normalize(table, dim=-1)
+        if self.scoring == "content":
+            return {"user_emb": user, "item_emb": items}
+        id_user = F.normalize(self.encoder.encode_sequence(batch.item_seq, batch.mask, batch.user_ids), dim=-1)
+        id_items = F.normalize(self.encoder.item_embeddings(), dim=-1)
+        content_scale, id_scale = (1 - self.fusion_weight) ** 0.5, self.fusion_weight ** 0.5
+        # Concatenated, their dot product is (1 - w) * content cosine + w * ID cosine.
+        return {"user_emb": torch.cat([content_scale * user, id_scale * id_user], dim=-1),
+                "item_emb": torch.cat([content_scale * items, id_scale * id_items], dim=-1)}
+
+    def validation_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._rank_inputs(batch)
+
+    def test_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._rank_inputs(batch)
+
+    def configure_optimizers(self):
+        trainable = [parameter for parameter in self.parameters() if parameter.requires_grad]
+        optimizer = self.optimizer(trainable)
+        if self.lr_scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "interval": "step"}}

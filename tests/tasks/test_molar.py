@@ -1,0 +1,268 @@
+"""MolarModule on tiny data: the loss falls, alpha = 0 isolates the content path from the ID model, a frozen
+ID model loads from its checkpoint and stays put, the cached mode never runs MIRM while the end-to-end mode
+trains it, collapse stops training, and the fused score is what it says."""
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from molar_lightning.batch import TrainBatch
+from molar_lightning.callbacks.evaluation import RankingEvaluationCallback
+from molar_lightning.callbacks.item_embedding_cache import extract_item_embeddings
+from molar_lightning.callbacks.item_inputs import ItemInputsCallback
+from molar_lightning.data.catalog import ItemCatalog
+from molar_lightning.data.datamodule import MovieLensDataModule
+from molar_lightning.data.synthetic import write_movielens
+from molar_lightning.losses import ContentInfoNCELoss, EmbeddingCollapseError, SampledBCELoss
+from molar_lightning.models.dueg import SASRecUserEncoder
+from molar_lightning.models.id.sasrec import SASRec
+from molar_lightning.models.mirm import MultimodalItemEncoder
+from molar_lightning.tasks.mirm_alignment import MIRMAlignmentModule
+from molar_lightning.tasks.molar import MolarModule
+from tests.models.conftest import qwen_tokenizer_dir, tiny_qwen2_dir  # noqa: F401 - fixtures
+
+WIDTH = 16
+
+
+@pytest.fixture(scope="module")
+def datamodule(tmp_path_factory) -> MovieLensDataModule:
+    folder = tmp_path_factory.mktemp("synthetic")
+    write_movielens(str(folder / "raw"), num_users=80, num_items=40, mean_length=12)
+    return MovieLensDataModule(str(folder / "raw"), cache_dir=str(folder / "cache"), max_seq_len=10, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def item_file(datamodule, tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    table = torch.randn(datamodule.num_items + 1, WIDTH)
+    table[0] = 0
+    path = tmp_path_factory.mktemp("items") / "embeddings.safetensors"
+    save_file({"embeddings": table}, str(path))
+    return str(path)
+
+
+def sasrec(num_items: int, seed: int) -> SASRec:
+    torch.manual_seed(seed)
+    return SASRec(num_items, max_seq_len=10, hidden_size=8, num_heads=2, inner_size=16, dropout=0.0,
+                  attention_dropout=0.0)
+
+
+def molar(datamodule, item_file: str, id_seed: int = 1, positions: int = 10, **options) -> MolarModule:
+    torch.manual_seed(0)
+    user_encoder = SASRecUserEncoder(WIDTH, max_seq_len=positions, hidden_size=16, inner_size=32, dropout=0.0,
+                                     attention_dropout=0.0)
+    options.setdefault("encoder", sasrec(datamodule.num_items, id_seed))
+    return MolarModule(user_encoder, item_embeddings=item_file, **options)
+
+
+def trainer(epochs: int = 1, **options) -> pl.Trainer:
+    return pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, enable_model_summary=False, **options)
+
+
+class EpochLosses(pl.Callback):
+    def __init__(self) -> None:
+        self.epochs: list[list[float]] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.epochs.append([])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.epochs[-1].append(float(outputs["loss"]))
+
+
+def a_batch(datamodule) -> TrainBatch:
+    torch.manual_seed(0)
+    return next(iter(datamodule.train_dataloader()))
+
+
+def content_gradients(module: MolarModule, batch: TrainBatch) -> dict[str, torch.Tensor]:
+    module.zero_grad()
+    torch.manual_seed(5)  # the same negatives for every module
+    module.training_step(batch, 0).backward()
+    return {name: p.grad.clone() for name, p in module.user_encoder.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("loss", ["infonce", "bce"])
+def test_loss_falls_and_the_frozen_id_model_stays_put(loss: str, datamodule, item_file: str) -> None:
+    module = molar(datamodule, item_file, loss=SampledBCELoss() if loss == "bce" else ContentInfoNCELoss(64),
+                   optimizer=lambda params: torch.optim.Adam(params, lr=3e-3))
+    before = {name: value.clone() for name, value in module.encoder.state_dict().items()}
+    losses = EpochLosses()
+    trainer(5, callbacks=[losses], limit_train_batches=6, limit_val_batches=0).fit(module, datamodule=datamodule)
+    first, last = (sum(epoch) / len(epoch) for epoch in (losses.epochs[0], losses.epochs[-1]))
+    assert last < 0.8 * first
+    for name, value in module.encoder.state_dict().items():
+        torch.testing.assert_close(value, before[name], msg=f"frozen ID model changed at {name}")
+
+
+def test_with_alpha_zero_the_id_model_cannot_touch_the_content_gradients(datamodule, item_file: str) -> None:
+    batch = a_batch(datamodule)
+    grads = {}
+    for alpha in (0.0, 0.5):
+        for id_seed in (1, 2):
+            grads[alpha, id_seed] = content_gradients(molar(datamodule, item_file, id_seed, align_weight=alpha), batch)
+    for name, value in grads[0.0, 1].items():
+        torch.testing.assert_close(value, grads[0.0, 2][name])
+    assert any(not torch.allclose(value, grads[0.5, 2][name]) for name, value in grads[0.5, 1].items())
+
+
+def test_id_model_loads_from_a_sequential_checkpoint_and_trains_jointly_on_request(datamodule, item_file: str,
+                                                                                   tmp_path: Path) -> None:
+    pretrained = sasrec(datamodule.num_items, seed=9)
+    checkpoint = tmp_path / "sasrec.ckpt"
+    torch.save({"state_dict": {f"encoder.{key}": value for key, value in pretrained.state_dict().items()}}, checkpoint)
+    module = molar(datamodule, item_file, encoder_checkpoint=str(checkpoint), train_encoder=True)
+    for key, value in pretrained.state_dict().items():
+        torch.testing.assert_close(module.encoder.state_dict()[key], value)
+    assert all(p.requires_grad for p in module.encoder.parameters())
+    trainer(1, limit_train_batches=2, limit_val_batches=0).fit(module, datamodule=datamodule)
+    assert not torch.allclose(module.encoder.item_embedding.weight, pretrained.item_embedding.weight)
+    with pytest.raises(ValueError, match="no encoder"):
+        torch.save({"state_dict": {"user_encoder.x": torch.zeros(1)}}, tmp_path / "other.ckpt")
+        molar(datamodule, item_file, encoder_checkpoint=str(tmp_path / "other.ckpt"))
+
+
+def test_collapsed_item_embeddings_stop_training(datamodule, tmp_path: Path) -> None:
+    table = torch.ones(datamodule.num_items + 1, WIDTH)
+    table[0] = 0
+    save_file({"embeddings": table}, str(tmp_path / "collapsed.safetensors"))
+    module = molar(datamodule, str(tmp_path / "collapsed.safetensors"))
+    with pytest.raises(EmbeddingCollapseError, match="collapsed"):
+        trainer(1, limit_train_batches=1, limit_val_batches=0).fit(module, datamodule=datamodule)
+
+
+@pytest.mark.parametrize("scoring", ["content", "id", "fused"])
+def test_scoring_returns_what_the_ranking_callback_needs(scoring: str, datamodule, item_file: str) -> None:
+    module = molar(datamodule, item_file, scoring=scoring, fusion_weight=0.3).eval()
+    datamodule.setup("validate")
+    batch = next(iter(datamodule.val_dataloader()))
+    with torch.no_grad():
+        out = module.validation_step(batch, 0)
+        scores = out["user_emb"] @ out["item_emb"].T
+        table = module.item_table()
+        content = torch.nn.functional.cosine_similarity(
+            module.user_encoder.encode_sequence(table[batch.item_seq], batch.mask)[:, None], table[None], dim=-1)
+        id_user = module.encoder.encode_sequence(batch.item_seq, batch.mask)
+        id_dot = id_user @ module.encoder.item_embeddings().T
+        id_cos = torch.nn.functional.cosine_similarity(id_user[:, None], module.encoder.item_embeddings()[None], dim=-1)
+    expected = {"content": content, "id": id_dot, "fused": 0.7 * content + 0.3 * id_cos}[scoring]
+    torch.testing.assert_close(scores[:, 1:], expected[:, 1:], atol=1e-5, rtol=1e-4)
+
+
+def test_without_an_id_model_alignment_is_refused(datamodule, item_file: str) -> None:
+    with pytest.raises(ValueError, match="align_weight must be 0"):
+        molar(datamodule, item_file, encoder=None)
+
+
+# ----- cached vs end-to-end MIRM --------------------------------------------------------------------------------
+class CountForwards:
+    def __init__(self, monkeypatch) -> None:
+        self.calls = 0
+        original = MultimodalItemEncoder.forward
+
+        def counting(encoder, *args, **kwargs):
+            self.calls += 1
+            return original(encoder, *args, **kwargs)
+
+        monkeypatch.setattr(MultimodalItemEncoder, "forward", counting)
+
+
+@pytest.fixture
+def fixture_data(ml1m_dir: Path, tmp_path: Path) -> MovieLensDataModule:
+    return MovieLensDataModule(str(ml1m_dir), cache_dir=str(tmp_path / "cache"), max_seq_len=6, batch_size=4,
+                               eval_batch_size=4)
+
+
+def text_mirm(tiny_qwen2_dir: Path, finetuning: str) -> MultimodalItemEncoder:
+    torch.manual_seed(0)
+    return MultimodalItemEncoder(str(tiny_qwen2_dir), modality="text", pooling="mean", finetuning=finetuning)
+
+
+def content_molar(mirm_width: int, num_items: int, **options) -> MolarModule:
+    torch.manual_seed(0)
+    return MolarModule(SASRecUserEncoder(mirm_width, max_seq_len=6, hidden_size=8, inner_size=16),
+                       encoder=SASRec(num_items, max_seq_len=6, hidden_size=8, inner_size=16), **options)
+
+
+def test_cached_mode_never_runs_mirm(fixture_data, tiny_qwen2_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    mirm = text_mirm(tiny_qwen2_dir, "frozen").eval()
+    catalog = ItemCatalog(fixture_data.dataset)
+    cache = extract_item_embeddings(trainer(use_distributed_sampler=False), MIRMAlignmentModule(mirm), catalog,
+                                    cache_root=str(tmp_path / "items"))
+    counter = CountForwards(monkeypatch)
+    module = content_molar(mirm.hidden_size, fixture_data.num_items, item_embeddings=str(cache.folder))
+    trainer(1, callbacks=[RankingEvaluationCallback()], default_root_dir=tmp_path).fit(module, datamodule=fixture_data)
+    assert counter.calls == 0
+    torch.testing.assert_close(module.cached_items, cache.load())
+
+
+def test_end_to_end_mode_trains_mirm_on_the_batch_items(fixture_data, tiny_qwen2_dir: Path, tmp_path: Path,
+                                                       monkeypatch) -> None:
+    mirm = text_mirm(tiny_qwen2_dir, "lora")
+    module = content_molar(mirm.hidden_size, fixture_data.num_items, item_encoder=mirm, negatives_per_step=3,
+                           optimizer=lambda params: torch.optim.Adam(params, lr=1e-2))
+    lora = {name: p.clone() for name, p in mirm.named_parameters() if "lora_B" in name}
+    counter = CountForwards(monkeypatch)
+    trainer(1, limit_train_batches=2, callbacks=[ItemInputsCallback(), RankingEvaluationCallback()],
+            default_root_dir=tmp_path).fit(module, datamodule=fixture_data)
+    assert counter.calls >= 2
+    assert any(not torch.equal(p, lora[name]) for name, p in mirm.named_parameters() if name in lora)
+    assert module.item_table().shape == (fixture_data.num_items + 1, mirm.hidden_size)
+
+
+def test_collm_id_tokens_keep_states_causal_and_let_the_id_model_in(datamodule, item_file: str) -> None:
+    module = molar(datamodule, item_file, positions=20, id_tokens=True, align_weight=0.0).eval()
+    batch = a_batch(datamodule)
+    table = module.item_table()
+    with torch.no_grad():
+        states = module.user_states(table, batch.item_seq, batch.mask, batch.item_seq)
+        last = module.user_states(table, batch.item_seq, batch.mask, batch.item_seq, last_only=True)
+        changed = batch.item_seq.clone()
+        changed[:, -1] = torch.where(changed[:, -1] == 1, 2, 1)
+        with_other_id = module.user_states(table, batch.item_seq, batch.mask, changed)
+    assert states.shape == (*batch.item_seq.shape, WIDTH)
+    torch.testing.assert_close(last, states[:, -1])
+    torch.testing.assert_close(with_other_id[:, :-1], states[:, :-1])  # a later ID token never reaches back
+    assert not torch.allclose(with_other_id[:, -1], states[:, -1])
+
+
+def test_end_to_end_mode_without_item_inputs_is_refused(fixture_data, tiny_qwen2_dir: Path) -> None:
+    mirm = text_mirm(tiny_qwen2_dir, "lora")
+    module = content_molar(mirm.hidden_size, fixture_data.num_items, item_encoder=mirm)
+    with pytest.raises(ValueError, match="ItemInputsCallback"):
+        trainer(1, limit_train_batches=1).fit(module, datamodule=fixture_data)
+
+
+# ----- through the CLI and the shipped config ----------------------------------------------------------------
+def test_shipped_molar_config_fits_tests_and_reloads_from_its_checkpoint(ml1m_dir: Path, tiny_qwen2_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    from molar_lightning.cli import main
+
+    torch.manual_seed(0)
+    table = torch.randn(11, WIDTH)
+    table[0] = 0
+    save_file({"embeddings": table}, str(tmp_path / "items.safetensors"))
+    pretrained = SASRec(10, max_seq_len=6)
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in pretrained.state_dict().items()}}, tmp_path / "id.ckpt")
+    dueg = "--model.init_args.user_encoder.init_args."
+    main(["fit", "--config", str(Path(__file__).parents[2] / "configs/movielens/molar.yaml"),
+          f"{dueg}backbone", str(tiny_qwen2_dir), f"{dueg}input_size", str(WIDTH),
+          f"{dueg}gradient_checkpointing", "false",
+          "--model.init_args.item_embeddings", str(tmp_path / "items.safetensors"),
+          "--model.init_args.encoder_checkpoint", str(tmp_path / "id.ckpt"),
+          "--model.init_args.align_weight", "0.2", "--model.init_args.align_temperature", "0.1",
+          "--data.init_args.data_dir", str(ml1m_dir), "--data.init_args.cache_dir", str(tmp_path / "cache"),
+          "--data.init_args.max_seq_len", "6", "--data.init_args.batch_size", "4",
+          "--trainer.precision", "32", "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path / "run"),
+          "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"])
+    assert (tmp_path / "run" / "results.json").is_file()
+    (best,) = (tmp_path / "run").rglob("best-*.ckpt")
+    module = MolarModule.load_from_checkpoint(best, weights_only=True)
+    assert module.align_weight == 0.2 and module.align_loss.temperature == 0.1
+    assert module.encoder.item_embeddings().shape == (11, 64)  # data.num_items reached the ID model
+    for key, value in pretrained.state_dict().items():  # frozen during alignment
+        torch.testing.assert_close(module.encoder.state_dict()[key], value)

@@ -1,0 +1,129 @@
+"""Molar's content losses against hand computation: HLLM-style InfoNCE (scale, masks, collapse), the paper's
+sampled BCE, and the symmetric user-level post-alignment InfoNCE on a 3-user batch."""
+
+import math
+
+import pytest
+import torch
+
+from molar_lightning.losses import ContentInfoNCELoss, EmbeddingCollapseError, SampledBCELoss, UserAlignmentLoss
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def test_alignment_is_the_symmetric_infonce_of_a_3_user_batch() -> None:
+    content = torch.tensor([[1.0, 0.0], [0.6, 0.8], [-1.0, 0.5]])
+    collaborative = torch.tensor([[2.0, 0.1], [0.0, 1.0], [-0.3, -1.0]])
+    tau = 0.07
+    sims = [[cosine(c, d) / tau for d in collaborative.tolist()] for c in content.tolist()]
+    content_to_id = [-(sims[i][i] - math.log(sum(math.exp(s) for s in sims[i]))) for i in range(3)]
+    id_to_content = [-(sims[i][i] - math.log(sum(math.exp(sims[j][i]) for j in range(3)))) for i in range(3)]
+    expected = (sum(content_to_id) / 3 + sum(id_to_content) / 3) / 2
+    assert UserAlignmentLoss(tau)(content, collaborative).item() == pytest.approx(expected, rel=1e-5)
+    # symmetric: swapping the two sides gives the same loss
+    assert UserAlignmentLoss(tau)(collaborative, content).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_infonce_masks_the_users_items_and_near_duplicates() -> None:
+    table = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.001], [-1.0, 0.2]])
+    states = torch.tensor([[0.9, 0.3], [0.1, 1.0]])
+    targets = torch.tensor([1, 2])
+    user_items = torch.tensor([[3, 0], [5, 1]])  # row 0 owns item 3, row 1 owns 5 and 1
+    loss = ContentInfoNCELoss(num_negatives=8)
+    torch.manual_seed(3)
+    value = loss(states, targets, table, user_items, torch.arange(2))
+    torch.manual_seed(3)
+    negatives = torch.randint(1, 6, (8,)).tolist()
+    scale = 1 / 0.07
+    expected = 0.0
+    for row in range(2):
+        positive = scale * cosine(states[row].tolist(), table[targets[row]].tolist())
+        logits = [positive]
+        for item in negatives:
+            owned = item in user_items[row].tolist() or item == targets[row].item()
+            duplicate = cosine(table[targets[row]].tolist(), table[item].tolist()) > 0.99  # item 4 for target 1
+            if not (owned or duplicate):
+                logits.append(scale * cosine(states[row].tolist(), table[item].tolist()))
+        expected += -(positive - math.log(sum(math.exp(x) for x in logits))) / 2
+    assert 4 in negatives and 3 in negatives  # the draw exercises both masks
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+    assert loss.scale.item() == pytest.approx(1 / 0.07)
+
+
+def test_infonce_scale_is_clamped_at_100() -> None:
+    loss = ContentInfoNCELoss()
+    with torch.no_grad():
+        loss.log_scale.fill_(math.log(500.0))
+    assert loss.scale.item() == pytest.approx(100.0)
+
+
+def test_collapsed_embeddings_stop_training_with_a_clear_message() -> None:
+    table = torch.ones(21, 4)  # every item the same vector: every negative is a "near-duplicate"
+    table[0] = 0
+    with pytest.raises(EmbeddingCollapseError, match="collapsed"):
+        ContentInfoNCELoss(num_negatives=16)(torch.randn(5, 4), torch.arange(1, 6), table,
+                                             torch.zeros(1, 1, dtype=torch.long), torch.zeros(5, dtype=torch.long))
+
+
+def test_sampled_bce_is_one_negative_per_positive() -> None:
+    table = torch.randn(11, 3)
+    states = torch.randn(4, 3)
+    targets = torch.tensor([1, 2, 3, 4])
+    user_items = torch.tensor([[0], [9]])  # user 1 (rows 2, 3) owns item 9
+    loss = SampledBCELoss()
+    torch.manual_seed(7)
+    value = loss(states, targets, table, user_items, torch.tensor([0, 0, 1, 1]))
+    torch.manual_seed(7)
+    negatives = torch.randint(1, 11, (4,)).tolist()
+    assert all(n != t for n, t in zip(negatives, targets.tolist()))  # no redraw happened with this seed
+    scale, expected = 1 / 0.07, 0.0
+    for row in range(4):
+        positive = scale * cosine(states[row].tolist(), table[targets[row]].tolist())
+        negative = scale * cosine(states[row].tolist(), table[negatives[row]].tolist())
+        expected += (math.log1p(math.exp(-positive)) + math.log1p(math.exp(negative))) / 4
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+
+
+def _two_rank_loss(rank: int, folder: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29517")
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    table = torch.randn(31, 4)
+    states = torch.randn(3, 4, requires_grad=True)
+    torch.manual_seed(100 + rank)  # each rank draws its own pool
+    loss = ContentInfoNCELoss(num_negatives=5)(states, torch.tensor([1, 2, 3]), table, torch.tensor([[1, 2, 3]]),
+                                               torch.zeros(3, dtype=torch.long))
+    loss.backward()
+    torch.save({"loss": loss.detach(), "grad": states.grad}, f"{folder}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_negatives_are_gathered_from_every_process(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_two_rank_loss, args=(str(tmp_path),), nprocs=2)
+    torch.manual_seed(0)
+    table = torch.randn(31, 4)
+    states = torch.randn(3, 4)
+    pool = []
+    for rank in range(2):
+        torch.manual_seed(100 + rank)
+        pool += torch.randint(1, 31, (5,)).tolist()
+    normed = torch.nn.functional.normalize
+    logits = normed(states, dim=-1) @ normed(table, dim=-1).T / 0.07
+    expected = 0.0
+    for row, target in enumerate((1, 2, 3)):
+        kept = [logits[row, item] for item in pool if item not in (1, 2, 3)
+                and cosine(table[target].tolist(), table[item].tolist()) <= 0.99]
+        expected += -(logits[row, target] - torch.logsumexp(torch.stack([logits[row, target], *kept]), 0)) / 3
+    for rank in range(2):
+        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert result["loss"].item() == pytest.approx(expected.item(), rel=1e-5)  # both ranks see all 10 negatives
+        assert result["grad"].abs().sum() > 0

@@ -87,7 +87,20 @@ def _gather_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(tensor.contiguous()))
 
 
-class ContentInfoNCELoss(nn.Module):
+class _LearnedScale(nn.Module):
+    """Cosine scores times a learnable scale (CLIP's logit scale): ``exp(log_scale)``, clamped at ``max_scale``."""
+
+    def __init__(self, initial_temperature: float, max_scale: float) -> None:
+        super().__init__()
+        self.max_scale = max_scale
+        self.log_scale = nn.Parameter(torch.tensor(1.0 / initial_temperature).log())
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.exp().clamp(max=self.max_scale)
+
+
+class ContentInfoNCELoss(_LearnedScale):
     """HLLM's next-item InfoNCE for content user models (Molar's default DUEG loss, from the authors' code).
 
     Logits are cosine similarities times a learnable scale (initialised at 1/0.07, clamped at 100). Each
@@ -106,17 +119,11 @@ class ContentInfoNCELoss(nn.Module):
 
     def __init__(self, num_negatives: int = 512, initial_temperature: float = 0.07, max_scale: float = 100.0,
                  duplicate_threshold: float = 0.99) -> None:
-        super().__init__()
+        super().__init__(initial_temperature, max_scale)
         if num_negatives < 1:
             raise ValueError(f"num_negatives must be at least 1, got {num_negatives}")
         self.num_negatives = num_negatives
-        self.max_scale = max_scale
         self.duplicate_threshold = duplicate_threshold
-        self.log_scale = nn.Parameter(torch.tensor(1.0 / initial_temperature).log())
-
-    @property
-    def scale(self) -> torch.Tensor:
-        return self.log_scale.exp().clamp(max=self.max_scale)
 
     def forward(self, states: torch.Tensor, targets: torch.Tensor, item_table: torch.Tensor,
                 user_items: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
@@ -146,7 +153,7 @@ class ContentInfoNCELoss(nn.Module):
         return F.cross_entropy(logits, torch.zeros_like(targets))
 
 
-class SampledBCELoss(nn.Module):
+class SampledBCELoss(_LearnedScale):
     """Binary cross entropy with one uniformly drawn negative per positive (the Molar paper's DUEG loss).
 
     Logits are cosine similarities times a learnable scale, as in :class:`ContentInfoNCELoss`, so both
@@ -158,13 +165,8 @@ class SampledBCELoss(nn.Module):
     """
 
     def __init__(self, initial_temperature: float = 0.07, max_scale: float = 100.0) -> None:
-        super().__init__()
-        self.max_scale = max_scale
-        self.log_scale = nn.Parameter(torch.tensor(1.0 / initial_temperature).log())
+        super().__init__(initial_temperature, max_scale)
 
-    @property
-    def scale(self) -> torch.Tensor:
-        return self.log_scale.exp().clamp(max=self.max_scale)
 
     def forward(self, states: torch.Tensor, targets: torch.Tensor, item_table: torch.Tensor,
                 user_items: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:

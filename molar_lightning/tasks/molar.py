@@ -28,6 +28,7 @@ from torch import nn
 
 from molar_lightning.batch import EvalBatch, ItemBatch, TrainBatch
 from molar_lightning.losses import ContentInfoNCELoss, FullSoftmaxCrossEntropy, UserAlignmentLoss
+from molar_lightning.metrics.ranking import top_k_items
 
 CACHE_FILE = "embeddings.safetensors"
 
@@ -92,6 +93,7 @@ class MolarModule(pl.LightningModule):
             validation and test.
         optimizer: optimizer factory over every trainable weight; AdamW unless configured.
         lr_scheduler: optional scheduler factory, stepped every optimizer step.
+        top_k: how many items ``predict`` returns per user (written by ``molar predict`` in raw ids).
     """
 
     def __init__(
@@ -114,10 +116,13 @@ class MolarModule(pl.LightningModule):
         item_batch_size: int = 64,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
+        top_k: int = 50,
     ) -> None:
         super().__init__()
+        # top_k is a predict-time choice that `molar predict` must be able to change, as in SequentialRecModule.
         self.save_hyperparameters(ignore=["user_encoder", "encoder", "item_encoder", "item_adapter", "loss",
-                                          "encoder_loss", "optimizer", "lr_scheduler"])
+                                          "encoder_loss", "optimizer", "lr_scheduler", "top_k"])
+        self.top_k = top_k
         if (item_embeddings is None) == (item_encoder is None):
             raise ValueError("set exactly one of item_embeddings (a frozen MIRM's cache folder) and item_encoder "
                              "(a MIRM trained end to end)")
@@ -299,6 +304,12 @@ class MolarModule(pl.LightningModule):
 
     def test_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         return self._rank_inputs(batch)
+
+    def predict_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Each user's ``top_k`` unseen items under ``scoring``: ``{"user_ids", "item_ids" [B, k], "scores"}``."""
+        inputs = self._rank_inputs(batch)
+        scores, item_ids = top_k_items(inputs["user_emb"], inputs["item_emb"], self.top_k, batch.history)
+        return {"user_ids": batch.user_ids, "item_ids": item_ids, "scores": scores}
 
     def configure_optimizers(self):
         trainable = [parameter for parameter in self.parameters() if parameter.requires_grad]

@@ -151,6 +151,13 @@ def test_scoring_returns_what_the_ranking_callback_needs(scoring: str, datamodul
         id_cos = torch.nn.functional.cosine_similarity(id_user[:, None], module.encoder.item_embeddings()[None], dim=-1)
     expected = {"content": content, "id": id_dot, "fused": 0.7 * content + 0.3 * id_cos}[scoring]
     torch.testing.assert_close(scores[:, 1:], expected[:, 1:], atol=1e-5, rtol=1e-4)
+    module.top_k = 3
+    with torch.no_grad():
+        predicted = module.predict_step(batch, 0)  # the same scores, top 3 unseen items
+    unseen = scores.clone()
+    unseen[:, 0] = float("-inf")
+    unseen.scatter_(1, batch.history, float("-inf"))
+    torch.testing.assert_close(predicted["scores"], unseen.topk(3, dim=1).values, atol=1e-5, rtol=1e-4)
 
 
 def test_without_an_id_model_alignment_is_refused(datamodule, item_file: str) -> None:

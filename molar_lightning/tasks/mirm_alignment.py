@@ -40,10 +40,8 @@ class MIRMAlignmentModule(pl.LightningModule):
         export_dir: Optional[str] = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["encoder"])
-        if encoder.backbone.model.get_output_embeddings() is None:
-            raise ValueError(f"{encoder.backbone_name} has no language-model head; generative alignment needs an "
-                             f"image-text-to-text or decoder backbone")
+        # Objects stay out of the checkpoint's hyper-parameters (loadable with weights_only; the CLI records configs).
+        self.save_hyperparameters(ignore=["encoder", "optimizer", "lr_scheduler"])
         self.encoder = encoder
         # The item token is not part of any alignment prompt; training it here would only leave it unused.
         if encoder.item_token_id is not None:
@@ -54,6 +52,10 @@ class MIRMAlignmentModule(pl.LightningModule):
         self.strict_loading = False  # checkpoints hold the trained weights only
 
     def setup(self, stage: str) -> None:
+        # Only training needs the head; `molar embed` (predict) also serves encoders such as BERT or MiniLM.
+        if stage == "fit" and self.encoder.backbone.model.get_output_embeddings() is None:
+            raise ValueError(f"{self.encoder.backbone_name} has no language-model head; generative alignment "
+                             f"needs an image-text-to-text or decoder backbone")
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "connect"):
             datamodule.connect(self.encoder.processor)

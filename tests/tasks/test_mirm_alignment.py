@@ -5,16 +5,19 @@ back with equal embeddings, and ``molar embed`` fills the cache from it."""
 import csv
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
 from molar_lightning.cli import build_cli, main
 from molar_lightning.data.item_inputs import collate_items
 from molar_lightning.models.mirm import MultimodalItemEncoder
+from molar_lightning.tasks.mirm_alignment import MIRMAlignmentModule
 from tests.models.conftest import (  # noqa: F401 - fixtures
     IMAGE_SIZE,
     add_posters_and_plots,
     qwen_tokenizer_dir,
+    tiny_bert_dir,
     tiny_qwen2_vl_dir,
 )
 
@@ -82,3 +85,12 @@ def test_alignment_loss_falls_and_the_aligned_encoder_round_trips(data_dir, tiny
     table = load_file(str(merged))["embeddings"]
     assert table.shape == (11, 32)
     torch.testing.assert_close(table[[1, 5, 10]], embeddings[1], atol=1e-5, rtol=0)
+
+
+def test_a_headless_encoder_can_embed_but_not_be_aligned(tiny_bert_dir) -> None:
+    module = MIRMAlignmentModule(MultimodalItemEncoder(backbone=str(tiny_bert_dir), modality="text",
+                                                       pooling="mean"))
+    module.trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    module.setup("predict")  # `molar embed` serves text encoders such as MiniLM
+    with pytest.raises(ValueError, match="no language-model head"):
+        module.setup("fit")

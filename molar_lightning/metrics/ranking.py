@@ -192,6 +192,13 @@ def top_k_items(
     return best_scores, best_ids.masked_fill(best_scores == -math.inf, 0)
 
 
+def recommendations(user_emb: Tensor, item_emb: Tensor, k: int, history: Tensor, user_ids: Tensor) -> dict[str, Tensor]:
+    """What a task's ``predict_step`` returns: each user's ``k`` best unseen items (see :func:`top_k_items`),
+    as ``{"user_ids" [B], "item_ids" [B, k], "scores" [B, k]}``, the format ``RecommendationWriter`` writes."""
+    scores, item_ids = top_k_items(user_emb, item_emb, k, history)
+    return {"user_ids": user_ids, "item_ids": item_ids, "scores": scores}
+
+
 class RankingMetrics(Metric):
     """NDCG@K, Recall@K, MRR@K and Hit@K of one held-out item per user, ranked against all items.
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from molar_lightning.batch import EvalBatch, ItemBatch, TrainBatch
 from molar_lightning.losses import ContentInfoNCELoss, FullSoftmaxCrossEntropy, UserAlignmentLoss
-from molar_lightning.metrics.ranking import top_k_items
+from molar_lightning.metrics.ranking import recommendations
 
 CACHE_FILE = "embeddings.safetensors"
 
@@ -308,8 +308,7 @@ class MolarModule(pl.LightningModule):
     def predict_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         """Each user's ``top_k`` unseen items under ``scoring``: ``{"user_ids", "item_ids" [B, k], "scores"}``."""
         inputs = self._rank_inputs(batch)
-        scores, item_ids = top_k_items(inputs["user_emb"], inputs["item_emb"], self.top_k, batch.history)
-        return {"user_ids": batch.user_ids, "item_ids": item_ids, "scores": scores}
+        return recommendations(inputs["user_emb"], inputs["item_emb"], self.top_k, batch.history, batch.user_ids)
 
     def configure_optimizers(self):
         trainable = [parameter for parameter in self.parameters() if parameter.requires_grad]

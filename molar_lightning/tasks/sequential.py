@@ -14,7 +14,7 @@ from torch import nn
 
 from molar_lightning.batch import EvalBatch, TrainBatch
 from molar_lightning.losses import FullSoftmaxCrossEntropy
-from molar_lightning.metrics.ranking import top_k_items
+from molar_lightning.metrics.ranking import recommendations
 
 
 class SequentialRecModule(pl.LightningModule):
@@ -76,8 +76,7 @@ class SequentialRecModule(pl.LightningModule):
     def predict_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, torch.Tensor]:
         """Each user's ``top_k`` unseen items: ``{"user_ids", "item_ids" [B, k], "scores" [B, k]}``."""
         inputs = self._rank_inputs(batch)
-        scores, item_ids = top_k_items(inputs["user_emb"], inputs["item_emb"], self.top_k, batch.history)
-        return {"user_ids": batch.user_ids, "item_ids": item_ids, "scores": scores}
+        return recommendations(inputs["user_emb"], inputs["item_emb"], self.top_k, batch.history, batch.user_ids)
 
     def configure_optimizers(self):
         optimizer = self.optimizer(self.parameters())

@@ -126,7 +126,7 @@ def main() -> None:
         sample = sorted(np.random.default_rng(0).choice(np.arange(1, len(catalog) + 1), args.naive_items,
                                                         replace=False).tolist())
 
-        from tests.models.conftest import TINY_QWEN2_VL, build_qwen_tokenizer, build_tiny_backbone
+        from molar_lightning.models.tiny import TINY_QWEN2_VL, build_qwen_tokenizer, build_tiny_backbone
 
         tiny = build_tiny_backbone(work / "tiny-qwen2-vl", TINY_QWEN2_VL, build_qwen_tokenizer(work / "tok"), True)
         encoder = MultimodalItemEncoder(backbone=str(tiny), image_size=args.image_size)

@@ -17,7 +17,9 @@ MOVIELENS_MODELS = ["sasrec", "gru4rec", "fpmc", "duorec"]
 
 
 def test_every_config_is_covered() -> None:
-    assert len(list((ROOT / "configs").rglob("*.yaml"))) == len(EXPERIMENTS) + len(TRAINER_CONFIGS) == 27
+    """No YAML hides deeper than ``configs/<group>/``, where the parse tests below would miss it."""
+    assert sorted((ROOT / "configs").rglob("*.yaml")) == sorted(EXPERIMENTS + TRAINER_CONFIGS)
+    assert len(EXPERIMENTS) >= 23 and len(TRAINER_CONFIGS) == 4
 
 
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.stem}")

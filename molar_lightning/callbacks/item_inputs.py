@@ -24,8 +24,10 @@ class ItemInputsCallback(pl.Callback):
         self.max_image_size = max_image_size
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        datamodule = trainer.datamodule
         encoder = pl_module.item_encoder
+        if encoder is None:  # the cached mode of the same config (item_embeddings set instead) needs nothing
+            return
+        datamodule = trainer.datamodule
         catalog = ItemCatalog(datamodule.dataset, max_image_size=self.max_image_size)
         dataset = ItemContentDataset(catalog, encoder, range(1, len(catalog) + 1))
 

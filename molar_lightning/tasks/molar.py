@@ -29,6 +29,7 @@ from torch import nn
 from molar_lightning.batch import EvalBatch, ItemBatch, TrainBatch
 from molar_lightning.losses import ContentInfoNCELoss, FullSoftmaxCrossEntropy, UserAlignmentLoss
 from molar_lightning.metrics.ranking import recommendations
+from molar_lightning.optim import every_step
 
 CACHE_FILE = "embeddings.safetensors"
 
@@ -83,7 +84,8 @@ class MolarModule(pl.LightningModule):
             ``item_encoder``.
         item_encoder: a MIRM trained end to end (``finetuning: lora``), embedding the items of every batch.
             Its inputs come from :meth:`connect_item_inputs`, which
-            :class:`~molar_lightning.callbacks.item_inputs.ItemInputsCallback` calls at setup.
+            :class:`~molar_lightning.callbacks.item_inputs.ItemInputsCallback` calls at setup. Checkpoints keep
+            only its trainable weights; the frozen rest is loaded again from its ``backbone`` (``adapter_path``).
         item_adapter: a trainable map applied to every item embedding before both the user model and scoring
             (e.g. ``torch.nn.Linear``); null uses the embeddings as they are.
         loss: next-item loss of the content path: ``ContentInfoNCELoss`` (default, the authors' code) or
@@ -103,7 +105,8 @@ class MolarModule(pl.LightningModule):
         item_batch_size: end-to-end mode only: items per MIRM forward when embedding the whole catalog for
             validation and test.
         optimizer: optimizer factory over every trainable weight; AdamW unless configured.
-        lr_scheduler: optional scheduler factory, stepped every optimizer step.
+        lr_scheduler: optional scheduler factory, stepped every optimizer step (e.g.
+            ``molar_lightning.optim.WarmupCosineSchedule``, the paper's warm-up + cosine).
         top_k: how many items ``predict`` returns per user (written by ``molar predict`` in raw ids).
     """
 
@@ -293,6 +296,30 @@ class MolarModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    # ----- checkpoints --------------------------------------------------------------------------------------
+    def _rebuilt_item_weights(self) -> list[str]:
+        """State-dict keys of the end-to-end MIRM that its constructor loads again from the backbone path (and
+        ``adapter_path``): everything but its trainable parameters (LoRA adapters, the ``[Cur_Item]`` vector,
+        or all of it under full fine-tuning). None when its weights are random (``backbone_config``)."""
+        if self.item_encoder is None or not self.item_encoder.backbone.model.name_or_path:
+            return []
+        trainable = {f"item_encoder.{name}" for name, parameter in
+                     self.item_encoder.named_parameters(remove_duplicate=False) if parameter.requires_grad}
+        return [key for key in self.state_dict() if key.startswith("item_encoder.") and key not in trainable]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """End to end, checkpoints keep the MIRM's trainable weights only: a 2B frozen backbone is gigabytes
+        that the backbone path already holds."""
+        for key in self._rebuilt_item_weights():
+            checkpoint["state_dict"].pop(key, None)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Put back the frozen MIRM weights a checkpoint left out, as this module loaded them from the backbone
+        path, so that resuming and ``load_from_checkpoint`` load strictly."""
+        state, own = checkpoint["state_dict"], self.state_dict()
+        for key in self._rebuilt_item_weights():
+            state.setdefault(key, own[key])
+
     # ----- evaluation ---------------------------------------------------------------------------------------
     def _rank_inputs(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
         if self.scoring == "id":
@@ -326,4 +353,4 @@ class MolarModule(pl.LightningModule):
         optimizer = self.optimizer(trainable)
         if self.lr_scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": every_step(self.lr_scheduler(optimizer), self.trainer)}

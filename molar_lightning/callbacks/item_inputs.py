@@ -32,7 +32,7 @@ class ItemInputsCallback(pl.Callback):
         dataset = ItemContentDataset(catalog, encoder, range(1, len(catalog) + 1))
 
         def item_inputs(item_ids: Sequence[int]) -> ItemBatch:
-            return collate_items([dataset[item_id - 1] for item_id in item_ids], encoder.pad_token_id,
+            return collate_items(dataset.__getitems__([item_id - 1 for item_id in item_ids]), encoder.pad_token_id,
                                  pack=encoder.pack_sequences)
 
         pl_module.connect_item_inputs(item_inputs, datamodule.num_items)

@@ -1,14 +1,16 @@
 """Item content -> batches for the multimodal item encoder (MIRM): a data set over an ``ItemCatalog``,
 length-sorted batches, and padded or packed collation.
 
-The prompt itself is the encoder's business (``MultimodalItemEncoder.item_inputs`` takes an item's fields and
-PIL image); this module only reads the catalog, calls it in DataLoader workers and batches the results, so
-``data/`` stays free of model code. Batches are sorted by token length (longest first, so a batch that does
-not fit in memory fails at once), and under DDP each process takes every ``world_size``-th batch: every
-item is embedded exactly once.
+The prompt itself is the encoder's business (``MultimodalItemEncoder.items_inputs`` takes items' fields and
+PIL images); this module only reads the catalog, calls it in DataLoader workers and batches the results, so
+``data/`` stays free of model code. A batch's inputs are built together (``__getitems__``: one tokenizer and
+one image-processor call per batch, not per item). Batches are sorted by token length (longest first, so a
+batch that does not fit in memory fails at once), and under DDP each process takes every ``world_size``-th
+batch: every item is embedded exactly once.
 """
 
 import os
+from array import array
 from functools import partial
 from typing import Optional, Protocol, Sequence
 
@@ -28,13 +30,18 @@ class ItemInputBuilder(Protocol):
 
     pack_sequences: bool
     image_size: int  # longest image side the model looks at; images are decoded no larger
+    uses_images: bool  # False: images are not even decoded (modality text)
 
     @property
     def pad_token_id(self) -> int: ...
 
-    def item_inputs(self, fields: dict[str, str], image: Optional[Image.Image]) -> dict[str, torch.Tensor]: ...
+    def item_text_ids(self, fields: Sequence[dict[str, str]]) -> list[list[int]]: ...
 
-    def item_length(self, fields: dict[str, str], has_image: bool) -> int: ...
+    def item_lengths(self, items: Sequence[tuple[dict[str, str], bool]],
+                     text_ids: Optional[Sequence[Sequence[int]]] = None) -> list[int]: ...
+
+    def items_inputs(self, items: Sequence[tuple[dict[str, str], Optional[Image.Image]]],
+                     text_ids: Optional[Sequence[Sequence[int]]] = None) -> list[dict[str, torch.Tensor]]: ...
 
 
 def pad_rows(rows: Sequence[torch.Tensor], value: int, side: str) -> torch.Tensor:
@@ -87,35 +94,56 @@ class ItemContentDataset(Dataset):
         self.catalog = catalog
         self.builder = builder
         self.item_ids = list(item_ids)
+        # Token ids of each item's text, kept from lengths() so that batches are not tokenized again; 4 bytes a
+        # token (array) rather than a Python int's 28.
+        self.text_ids: Optional[list[array]] = None
 
     def __len__(self) -> int:
         return len(self.item_ids)
 
     def __getitem__(self, index: int) -> tuple[int, dict[str, torch.Tensor]]:
-        item_id = self.item_ids[index]
-        fields = self.catalog.fields(item_id)
-        try:
-            image = self.catalog.image(item_id, max_size=self.builder.image_size)
-            return item_id, self.builder.item_inputs(fields, image)
-        except ValueError as error:
-            raise ValueError(f"item {item_id} ({fields.get('title', 'untitled')}, image "
-                             f"{self.catalog.image_path(item_id)}): {error}") from error
+        return self.__getitems__([index])[0]
 
-    def lengths(self) -> list[int]:
-        """Prompt token counts; raises one error that lists every item with nothing to embed."""
-        lengths, empty = [], []
-        for item_id in self.item_ids:
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[int, dict[str, torch.Tensor]]]:
+        """The items at ``indices``, built together (the DataLoader asks for a whole batch this way)."""
+        item_ids = [self.item_ids[index] for index in indices]
+        items = [(self.catalog.fields(item_id), self.catalog.image(item_id, max_size=self.builder.image_size)
+                  if self.builder.uses_images else None) for item_id in item_ids]
+        text_ids = None if self.text_ids is None else [self.text_ids[index] for index in indices]
+        try:
+            return list(zip(item_ids, self.builder.items_inputs(items, text_ids)))
+        except ValueError as error:
+            if len(indices) > 1:
+                return [self[index] for index in indices]  # again one by one, so that the error names its item
+            fields = items[0][0]
+            raise ValueError(f"item {item_ids[0]} ({fields.get('title', 'untitled')}, image "
+                             f"{self.catalog.image_path(item_ids[0])}): {error}") from error
+
+    def lengths(self, chunk: int = 4096) -> list[int]:
+        """Prompt token counts (``chunk`` items per tokenizer call); raises one error that lists every item
+        with nothing to embed."""
+        items = [(self.catalog.fields(item_id), self.catalog.image_path(item_id) is not None)
+                 for item_id in self.item_ids]
+        text_ids = [ids for start in range(0, len(items), chunk)
+                    for ids in self.builder.item_text_ids([fields for fields, _ in items[start:start + chunk]])]
+        try:
+            lengths = self.builder.item_lengths(items, text_ids)
+        except ValueError:
+            raise self._nothing_to_embed(items) from None
+        self.text_ids = [array("i", ids) for ids in text_ids]
+        return lengths
+
+    def _nothing_to_embed(self, items: list[tuple[dict[str, str], bool]]) -> ValueError:
+        """One error that lists every item the builder refuses (asked item by item)."""
+        empty = []
+        for item_id, item in zip(self.item_ids, items):
             try:
-                lengths.append(self.builder.item_length(self.catalog.fields(item_id),
-                                                        self.catalog.image_path(item_id) is not None))
+                self.builder.item_lengths([item])
             except ValueError as error:
                 empty.append((item_id, error))
-                lengths.append(0)
-        if empty:
-            listed = ", ".join(str(item_id) for item_id, _ in empty[:20]) + (" ..." if len(empty) > 20 else "")
-            raise ValueError(f"{len(empty)} item(s) have nothing to embed: {listed}. First: item {empty[0][0]}: "
-                             f"{empty[0][1]}")
-        return lengths
+        listed = ", ".join(str(item_id) for item_id, _ in empty[:20]) + (" ..." if len(empty) > 20 else "")
+        return ValueError(f"{len(empty)} item(s) have nothing to embed: {listed}. First: item {empty[0][0]}: "
+                          f"{empty[0][1]}")
 
 
 class LengthSortedBatches(Sampler[list[int]]):

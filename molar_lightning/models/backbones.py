@@ -14,7 +14,10 @@ also holds a video processor, which needs torchvision, and torchvision does not 
 torch wheel this project tests with. What the processor adds is small and per family: each image becomes
 the family's placeholder tokens (``<|vision_start|>`` + ``<|image_pad|>`` x merged patches +
 ``<|vision_end|>`` for Qwen2-VL), which :data:`IMAGE_PLACEHOLDERS` states and the tests check against the real
-processor wherever torchvision is installed.
+processor wherever torchvision is installed. Llama-3.2-Vision (Mllama) has one ``<|image|>`` token per image
+and reads the image through cross-attention layers; :meth:`Backbone.image_kwargs` builds their inputs per
+batch. A batch of items is built with one image-processor call and one tokenizer call
+(:meth:`BackboneProcessor.encode_batch`), since per-call overhead dominates on small images.
 """
 
 from dataclasses import dataclass
@@ -55,6 +58,8 @@ class ImagePlaceholder:
         image_processor_kwargs: keyword arguments that make the image processor produce ``side`` x ``side``
             pixels (dynamic-resolution families); fixed-resolution families ignore ``side``.
         token_type_ids: whether the model wants ``mm_token_type_ids`` (1 at image tokens) beside ``input_ids``.
+        bos_after: the tokenizer's BOS token follows the image tokens (Mllama's processor writes
+            ``<|image|><|begin_of_text|>``).
     """
 
     start: str
@@ -63,6 +68,7 @@ class ImagePlaceholder:
     count: Callable[[dict, int, PretrainedConfig], int]
     image_processor_kwargs: Callable[[int], dict]
     token_type_ids: bool
+    bos_after: bool = False
 
 
 def _merged_patches(processed: dict, index: int, config: PretrainedConfig) -> int:
@@ -91,9 +97,13 @@ IMAGE_PLACEHOLDERS: dict[str, ImagePlaceholder] = {
     "internvl": ImagePlaceholder("<img>", "<IMG_CONTEXT>", "</img>", _internvl_tokens,
                                  lambda side: {"crop_to_patches": False}, False),
     "deepseek_vl": ImagePlaceholder("", "<image_placeholder>", "", _deepseek_vl_tokens, lambda side: {}, False),
+    # Llama-3.2-Vision: the image is read by cross-attention, not by placeholder embeddings; tiles of the image
+    # processor's fixed size (560 px on the hub).
+    "mllama": ImagePlaceholder("", "<|image|>", "", lambda processed, index, config: 1, lambda side: {}, False,
+                               bos_after=True),
 }
 FAMILY_NAMES = {"qwen2_vl": "Qwen2-VL", "qwen2_5_vl": "Qwen2.5-VL", "internvl": "InternVL2.5 (HF format)",
-                "deepseek_vl": "DeepSeek-VL"}
+                "deepseek_vl": "DeepSeek-VL", "mllama": "Llama-3.2-Vision"}
 SUPPORTED = ", ".join(f"{name} ({model_type})" for model_type, name in FAMILY_NAMES.items())
 
 
@@ -154,6 +164,8 @@ class BackboneProcessor:
                     f"the tokenizer has no image token {self.placeholder.token!r}; load the tokenizer that belongs "
                     f"to this {config.model_type} checkpoint"
                 )
+            if self.placeholder.bos_after and tokenizer.bos_token_id is not None:
+                self._image_end.append(tokenizer.bos_token_id)
 
     @property
     def accepts_images(self) -> bool:
@@ -161,22 +173,28 @@ class BackboneProcessor:
 
     def text_ids(self, text: str, max_tokens: Optional[int] = None) -> list[int]:
         """Token ids of ``text`` without special tokens, cut to its first ``max_tokens``."""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-        return ids if max_tokens is None else ids[:max_tokens]
+        return self.texts_ids([text], max_tokens)[0]
 
-    def image_inputs(self, images: Sequence[Image.Image]) -> tuple[list[list[int]], dict[str, torch.Tensor]]:
-        """Placeholder token ids per image, and the image processor's tensors for all of them."""
+    def texts_ids(self, texts: Sequence[str], max_tokens: Optional[int] = None) -> list[list[int]]:
+        """:meth:`text_ids` of many texts in one tokenizer call."""
+        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+        return ids if max_tokens is None else [row[:max_tokens] for row in ids]
+
+    def image_inputs(self, images: Sequence[Image.Image]) -> tuple[list[list[int]], list[dict[str, torch.Tensor]]]:
+        """Placeholder token ids and the image processor's tensors of each image, from one processor call."""
         if not self.accepts_images:
             raise UnsupportedBackboneError(f"{self.config.model_type} is a text-only backbone; it takes no images")
         side = (self.image_size, self.image_size)
-        resized = [image.convert("RGB").resize(side, Image.BICUBIC, reducing_gap=3.0) for image in images]
+        resized = [[image.convert("RGB").resize(side, Image.BICUBIC, reducing_gap=3.0)] for image in images]
+        # One list per image: Mllama's processor wants the images of each sequence; the others flatten it.
         processed = dict(self.image_processor(images=resized, return_tensors="pt",
                                               **self.placeholder.image_processor_kwargs(self.image_size)))
-        processed.pop("num_patches", None)
+        for key in ("num_patches", "num_tiles"):  # bookkeeping the processors' token expansion uses, not the model
+            processed.pop(key, None)
         token_ids = [self._image_start + [self.image_token_id] * self.placeholder.count(processed, i, self.config)
                      + self._image_end
                      for i in range(len(images))]
-        return token_ids, processed
+        return token_ids, _split_per_image(processed, len(images))
 
     def encode(self, segments: Sequence[Union[str, Image.Image, list[int]]]) -> dict[str, torch.Tensor]:
         """One sequence from text, images and ready token ids, in order.
@@ -184,20 +202,43 @@ class BackboneProcessor:
         Returns ``input_ids [n]``, ``mm_token_type_ids [n]`` where the family uses them, and the image
         processor's tensors (``pixel_values``, ``image_grid_thw``, ...) when there are images.
         """
-        images = [segment for segment in segments if isinstance(segment, Image.Image)]
-        image_ids, out = self.image_inputs(images) if images else ([], {})
-        ids: list[int] = []
-        image_index = 0
-        for segment in segments:
-            if isinstance(segment, Image.Image):
-                ids += image_ids[image_index]
-                image_index += 1
-            else:
-                ids += self.text_ids(segment) if isinstance(segment, str) else list(segment)
-        out["input_ids"] = torch.tensor(ids, dtype=torch.long)
-        if self.placeholder is not None and self.placeholder.token_type_ids:
-            out["mm_token_type_ids"] = (out["input_ids"] == self.image_token_id).long()
-        return out
+        return self.encode_batch([segments])[0]
+
+    def encode_batch(self, sequences: Sequence[Sequence[Union[str, Image.Image, list[int]]]]
+                     ) -> list[dict[str, torch.Tensor]]:
+        """:meth:`encode` of many sequences, with one image-processor call for all their images."""
+        images = [segment for segments in sequences for segment in segments if isinstance(segment, Image.Image)]
+        image_ids, image_tensors = self.image_inputs(images) if images else ([], [])
+        outputs, image_index = [], 0
+        for segments in sequences:
+            ids: list[int] = []
+            first_image = image_index
+            for segment in segments:
+                if isinstance(segment, Image.Image):
+                    ids += image_ids[image_index]
+                    image_index += 1
+                else:
+                    ids += self.text_ids(segment) if isinstance(segment, str) else list(segment)
+            mine = image_tensors[first_image:image_index]
+            out = {key: torch.cat([tensors[key] for tensors in mine]) for key in (mine[0] if mine else {})}
+            out["input_ids"] = torch.tensor(ids, dtype=torch.long)
+            if self.placeholder is not None and self.placeholder.token_type_ids:
+                out["mm_token_type_ids"] = (out["input_ids"] == self.image_token_id).long()
+            outputs.append(out)
+        return outputs
+
+
+def _split_per_image(processed: dict[str, torch.Tensor], count: int) -> list[dict[str, torch.Tensor]]:
+    """The image processor's tensors of ``count`` images, one dict per image: tensors with a row per image are
+    cut row by row, Qwen2-VL's ``pixel_values`` (patch rows of all images) by each image's grid."""
+    patches = processed["image_grid_thw"].prod(-1).tolist() if "image_grid_thw" in processed else None
+    pieces = {}
+    for key, value in processed.items():
+        if len(value) != count and patches is None:
+            raise ValueError(f"cannot tell which rows of the image processor's {key!r} {tuple(value.shape)} "
+                             f"belong to which of {count} images")
+        pieces[key] = value.split(1 if len(value) == count else patches)
+    return [{key: rows[index] for key, rows in pieces.items()} for index in range(count)]
 
 
 @dataclass
@@ -225,6 +266,42 @@ class Backbone:
     def base(self) -> nn.Module:
         """The model without its LM head: last (normalised) hidden states."""
         return self.model.base_model
+
+    def image_kwargs(self, input_ids: torch.Tensor, image_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model's keyword arguments for a batch's images (the image processor's tensors, in row order).
+
+        Placeholder families take the tensors as they are. Mllama's cross-attention layers get each row's own
+        images: the projected vision states (zeros for a row without an image, so that those layers leave it
+        exactly as if it had been run alone, when they are skipped) and the cross-attention mask its
+        processor builds (each image seen by the tokens from its ``<|image|>`` on).
+        """
+        if self.model.config.model_type != "mllama" or not image_inputs:
+            return dict(image_inputs)
+        from transformers.models.mllama.processing_mllama import (
+            convert_sparse_cross_attention_mask_to_dense,
+            get_cross_attention_token_mask,
+        )
+
+        image_token_id = self.processor.image_token_id
+        base = self.base
+        vision = base.vision_model(pixel_values=image_inputs["pixel_values"],
+                                   aspect_ratio_ids=image_inputs["aspect_ratio_ids"],
+                                   aspect_ratio_mask=image_inputs["aspect_ratio_mask"]).last_hidden_state
+        projected = base.multi_modal_projector(vision).flatten(0, 1)  # [images, tiles, patches, hidden]
+        rows = input_ids.tolist()
+        per_row = [row.count(image_token_id) for row in rows]
+        if sum(per_row) != len(projected):
+            raise ValueError(f"{sum(per_row)} <|image|> tokens but {len(projected)} images in the batch")
+        states = projected.new_zeros(len(rows), max(per_row), *projected.shape[1:])
+        slots = [(row, slot) for row, count in enumerate(per_row) for slot in range(count)]
+        states[torch.tensor(slots, device=states.device).unbind(-1)] = projected
+        tiles = iter(image_inputs["aspect_ratio_mask"].flatten(0, 1).sum(-1).tolist())
+        mask = convert_sparse_cross_attention_mask_to_dense(
+            [get_cross_attention_token_mask(row, image_token_id) for row in rows],
+            num_tiles=[[next(tiles) for _ in range(count)] for count in per_row],
+            max_num_tiles=projected.shape[1], length=input_ids.shape[1])
+        return {"cross_attention_states": states.flatten(0, 2),
+                "cross_attention_mask": torch.from_numpy(mask).to(input_ids.device)}
 
 
 def _as_config(config: Union[dict, PretrainedConfig]) -> PretrainedConfig:

@@ -19,7 +19,7 @@ does not depend on the batch it is in.
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 import torch
 from PIL import Image
@@ -51,7 +51,8 @@ class MultimodalItemEncoder(nn.Module):
     Args:
         backbone: hub name or local folder of the model, its tokenizer and image processor
             (``Qwen/Qwen2-VL-2B-Instruct``, ``Qwen/Qwen2-VL-7B-Instruct``, ``Qwen/Qwen2.5-VL-3B-Instruct``,
-            an InternVL2.5 ``-hf`` checkpoint, a DeepSeek-VL checkpoint, or a text model for modality ``text``).
+            an InternVL2.5 ``-hf`` checkpoint, a DeepSeek-VL checkpoint, ``meta-llama/Llama-3.2-11B-Vision-Instruct``,
+            or a text model for modality ``text``).
             A folder written by :meth:`save_pretrained` after full fine-tuning loads back here.
         backbone_config: random weights from this ``transformers`` config (a dict with ``model_type``)
             instead of the checkpoint's; tokenizer and image processor still come from ``backbone``.
@@ -65,7 +66,8 @@ class MultimodalItemEncoder(nn.Module):
         pooling: ``item_token`` (the ``[Cur_Item]`` state, the paper's), ``mean`` over the item's tokens, or
             ``last_token`` of the prompt (no item token).
         pack_sequences: pack a batch into one row (no padding) instead of padding it; fastest with
-            ``flash_attention_2``, which runs it as variable-length attention. Decoder backbones only.
+            ``flash_attention_2``, which runs it as variable-length attention. Decoder backbones other than
+            Llama-3.2-Vision only.
         finetuning: ``frozen``, ``full`` or ``lora`` (the item token trains unless ``frozen``).
         lora_rank: LoRA rank r.
         lora_alpha: LoRA alpha.
@@ -128,6 +130,9 @@ class MultimodalItemEncoder(nn.Module):
             )
         if pack_sequences and self.backbone.kind == "encoder":
             raise ValueError(f"{backbone} is a bidirectional encoder; pack_sequences needs a decoder backbone")
+        if pack_sequences and self.backbone.model.config.model_type == "mllama":
+            raise ValueError(f"{backbone} is Llama-3.2-Vision: in a packed row an item without an image would "
+                             f"cross-attend to the other items' images; use pack_sequences: false")
         self.item_token_id: Optional[int] = None
         if pooling == "item_token":
             self.item_token_id = self.processor.tokenizer.convert_tokens_to_ids(ITEM_TOKEN)
@@ -151,16 +156,18 @@ class MultimodalItemEncoder(nn.Module):
         is_item = (args[0] == self.item_token_id).unsqueeze(-1)
         return torch.where(is_item, self.item_token_embedding.to(output.dtype), output)
 
-    def item_segments(self, fields: dict[str, str], image: Optional[Image.Image]) -> list:
+    def _segments(self, text_ids: list[int], image: Optional[Image.Image]) -> list:
         """The prompt as segments: image, instruction, capped text ids, item token (as the modality allows)."""
-        text = render_fields(fields) if self.modality != "image" else ""
-        use_image = image is not None and self.modality != "text"
-        segments: list = [image] if use_image else []
-        segments.append(self._instruction_ids)
-        segments.append(self.processor.text_ids(text, self.max_text_tokens))
+        segments: list = [image] if image is not None and self.modality != "text" else []
+        segments += [self._instruction_ids, text_ids]
         if self.item_token_id is not None:
             segments.append([self.item_token_id])
         return segments
+
+    def item_text_ids(self, fields: Sequence[dict[str, str]]) -> list[list[int]]:
+        """Capped token ids of items' text fields (none under modality ``image``), in one tokenizer call."""
+        texts = [render_fields(item) if self.modality != "image" else "" for item in fields]
+        return self.processor.texts_ids(texts, self.max_text_tokens)
 
     def _check_content(self, fields: dict[str, str], has_image: bool) -> None:
         has_text = self.modality != "image" and any(value.strip() for value in fields.values() if value)
@@ -173,22 +180,39 @@ class MultimodalItemEncoder(nn.Module):
 
     def item_inputs(self, fields: dict[str, str], image: Optional[Image.Image]) -> dict[str, torch.Tensor]:
         """Model inputs of one item (``input_ids [n]``, and image tensors); refuses an item with no content."""
-        self._check_content(fields, image is not None)
-        return self.processor.encode(self.item_segments(fields, image))
+        return self.items_inputs([(fields, image)])[0]
 
-    def item_length(self, fields: dict[str, str], has_image: bool) -> int:
-        """Token count of the item's prompt without building its image tensors (for length-sorted batches);
-        refuses an item with no content, as :meth:`item_inputs` does."""
-        self._check_content(fields, has_image)
-        length = len(self._instruction_ids) + (self.item_token_id is not None)
-        if self.modality != "image":
-            length += len(self.processor.text_ids(render_fields(fields), self.max_text_tokens))
-        if has_image and self.modality != "text":
-            if self._image_token_count is None:
-                blank = Image.new("RGB", (self.image_size, self.image_size))
-                self._image_token_count = len(self.processor.image_inputs([blank])[0][0])
-            length += self._image_token_count
-        return length
+    def items_inputs(self, items: Sequence[tuple[dict[str, str], Optional[Image.Image]]],
+                     text_ids: Optional[Sequence[Sequence[int]]] = None) -> list[dict[str, torch.Tensor]]:
+        """:meth:`item_inputs` of many items with one tokenizer and one image-processor call, which is most of
+        the saving of batched extraction when the model is small next to its input pipeline. ``text_ids``:
+        the items' :meth:`item_text_ids` when already known (the loader keeps them from its length pass)."""
+        for fields, image in items:
+            self._check_content(fields, image is not None)
+        if text_ids is None:
+            text_ids = self.item_text_ids([fields for fields, _ in items])
+        return self.processor.encode_batch([self._segments(list(ids), image)
+                                            for ids, (_, image) in zip(text_ids, items)])
+
+    def item_lengths(self, items: Sequence[tuple[dict[str, str], bool]],
+                     text_ids: Optional[Sequence[Sequence[int]]] = None) -> list[int]:
+        """Token counts of items' prompts from their fields and whether they have an image, without building
+        image tensors (for length-sorted batches); refuses an item with no content, as :meth:`item_inputs` does."""
+        for fields, has_image in items:
+            self._check_content(fields, has_image)
+        if text_ids is None:
+            text_ids = self.item_text_ids([fields for fields, _ in items])
+        if self._image_token_count is None and self.processor.accepts_images:
+            blank = Image.new("RGB", (self.image_size, self.image_size))
+            self._image_token_count = len(self.processor.image_inputs([blank])[0][0])
+        fixed = len(self._instruction_ids) + (self.item_token_id is not None)
+        return [fixed + len(ids) + (self._image_token_count if has_image and self.modality != "text" else 0)
+                for ids, (_, has_image) in zip(text_ids, items)]
+
+    @property
+    def uses_images(self) -> bool:
+        """Whether item images reach the model (the loader does not decode them otherwise)."""
+        return self.modality != "text"
 
     # ----- forward ------------------------------------------------------------------------------------------
     @property
@@ -217,11 +241,12 @@ class MultimodalItemEncoder(nn.Module):
             image_inputs: the image processor's tensors for all images of the batch, in item order.
         """
         packed = attention_mask is None
-        inputs = dict(image_inputs or {})
+        image_inputs = image_inputs or {}
+        inputs = self.backbone.image_kwargs(input_ids, image_inputs)
         # No KV cache: transformers only reads packing from the position ids when there is none.
         inputs.update(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
                       position_ids=self._position_ids(input_ids, attention_mask, lengths, mm_token_type_ids,
-                                                      inputs.get("image_grid_thw")))
+                                                      image_inputs.get("image_grid_thw")))
         if mm_token_type_ids is not None:
             inputs["mm_token_type_ids"] = mm_token_type_ids
         hidden = self.backbone.base(**inputs).last_hidden_state

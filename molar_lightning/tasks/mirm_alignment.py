@@ -62,7 +62,7 @@ class MIRMAlignmentModule(pl.LightningModule):
 
     def answer_loss(self, batch: AlignmentBatch) -> torch.Tensor:
         """Mean cross entropy of the answer tokens given everything before them."""
-        inputs = dict(batch.image_inputs)
+        inputs = self.encoder.backbone.image_kwargs(batch.input_ids, batch.image_inputs)
         inputs.update(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         if batch.mm_token_type_ids is not None:
             inputs["mm_token_type_ids"] = batch.mm_token_type_ids

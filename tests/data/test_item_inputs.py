@@ -1,6 +1,7 @@
 """Item batches: padded either side or packed, images concatenated in item order, batches sorted by length,
 and every item with nothing to embed reported at once (before any model work)."""
 
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -50,20 +51,36 @@ def test_batches_are_sorted_longest_first() -> None:
 
 
 class WordBuilder:
-    """Stands in for the encoder: one token per word of the title, and an image token when there is one."""
+    """Stands in for the encoder: one token per word of the title, and an image token when there is one; it
+    records how many items each build call gets and how many it tokenizes, and refuses titles in ``refused``."""
 
     pack_sequences = False
     pad_token_id = 0
     image_size = 28
+    uses_images = True
 
-    def item_length(self, fields: dict[str, str], has_image: bool) -> int:
-        if not fields.get("title", "").strip() and not has_image:
+    def __init__(self, refused: tuple[str, ...] = ()) -> None:
+        self.calls: list[int] = []
+        self.tokenized = 0
+        self.refused = refused
+
+    def item_text_ids(self, fields: list[dict[str, str]]) -> list[list[int]]:
+        self.tokenized += len(fields)
+        return [list(range(len(item.get("title", "").split()))) for item in fields]
+
+    def item_lengths(self, items: list[tuple[dict[str, str], bool]], text_ids=None) -> list[int]:
+        if any(not fields.get("title", "").strip() and not has_image for fields, has_image in items):
             raise ValueError("no text or readable image")
-        return len(fields.get("title", "").split()) + has_image
+        text_ids = text_ids if text_ids is not None else self.item_text_ids([fields for fields, _ in items])
+        return [len(ids) + has_image for ids, (_, has_image) in zip(text_ids, items)]
 
-    def item_inputs(self, fields: dict[str, str], image: Optional[Image.Image]) -> dict[str, torch.Tensor]:
-        self.item_length(fields, image is not None)
-        return {"input_ids": torch.arange(1, self.item_length(fields, image is not None) + 1)}
+    def items_inputs(self, items: list[tuple[dict[str, str], Optional[Image.Image]]],
+                     text_ids=None) -> list[dict[str, torch.Tensor]]:
+        self.calls.append(len(items))
+        if any(fields.get("title") in self.refused for fields, _ in items):
+            raise ValueError("refused")
+        lengths = self.item_lengths([(fields, image is not None) for fields, image in items], text_ids)
+        return [{"input_ids": torch.arange(1, length + 1)} for length in lengths]
 
 
 @pytest.fixture
@@ -88,3 +105,25 @@ def test_the_loader_serves_every_requested_item_once(catalog: ItemCatalog) -> No
     assert sorted(served) == [1, 3, 4, 6, 7]
     lengths = [batch.lengths.max().item() for batch in loader]
     assert lengths == sorted(lengths, reverse=True)
+
+
+def test_each_batch_is_built_in_one_call(catalog: ItemCatalog) -> None:
+    builder = WordBuilder()
+    batches = list(item_loader(catalog, builder, item_ids=[1, 3, 4, 6, 7], batch_size=2))
+    assert builder.calls == [2, 2, 1] and [len(batch.item_ids) for batch in batches] == [2, 2, 1]
+    assert builder.tokenized == 5  # once, in the length pass; the batches reuse those token ids
+
+
+def test_an_item_the_builder_refuses_is_named(catalog: ItemCatalog) -> None:
+    title = catalog.fields(4)["title"]
+    builder = WordBuilder(refused=(title,))
+    with pytest.raises(ValueError, match=rf"item 4 \({re.escape(title)}, image None\): refused"):
+        list(item_loader(catalog, builder, item_ids=[1, 3, 4, 6], batch_size=4))
+    assert builder.calls[0] == 4  # the batch first, then one by one to find the item
+
+
+def test_a_builder_that_takes_no_images_never_decodes_one(catalog: ItemCatalog, monkeypatch) -> None:
+    monkeypatch.setattr(catalog, "image", lambda *args, **kwargs: pytest.fail("decoded an image"))
+    builder = WordBuilder()
+    builder.uses_images = False  # as MultimodalItemEncoder under modality: text
+    assert [sorted(batch.item_ids.tolist()) for batch in item_loader(catalog, builder, item_ids=[1, 3])] == [[1, 3]]

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from molar_lightning.models.tiny import (  # noqa: F401 - re-exported for the test modules
-    TINY_BERT, TINY_QWEN2, TINY_QWEN2_VL, build_qwen_tokenizer, build_tiny_backbone,
+    TINY_BERT, TINY_DEEPSEEK_VL, TINY_INTERNVL, TINY_MLLAMA, TINY_QWEN2, TINY_QWEN2_VL, build_qwen_tokenizer,
+    build_stand_in_tokenizer, build_tiny_backbone,
 )
 
 HIDDEN_SIZE = TINY_QWEN2_VL["text_config"]["hidden_size"]
@@ -31,6 +32,20 @@ def qwen_tokenizer_dir(tmp_path_factory) -> Path:
 def tiny_qwen2_vl_dir(tmp_path_factory, qwen_tokenizer_dir: Path) -> Path:
     """A 2-layer Qwen2-VL (hidden 32, vision depth 2) saved like a hub checkpoint."""
     return build_tiny_backbone(_session_folder(tmp_path_factory, "qwen2-vl"), TINY_QWEN2_VL, qwen_tokenizer_dir, True)
+
+
+def stand_in_backbone(tmp_path_factory, qwen_tokenizer_dir: Path, config: dict) -> Path:
+    """A tiny ``config`` model with the Qwen2 tokenizer plus its family's image tokens."""
+    model_type = config["model_type"]
+    tokenizer = build_stand_in_tokenizer(_session_folder(tmp_path_factory, f"{model_type}-tokenizer"),
+                                         qwen_tokenizer_dir, model_type)
+    return build_tiny_backbone(_session_folder(tmp_path_factory, model_type), config, tokenizer, True)
+
+
+@pytest.fixture(scope="session")
+def tiny_mllama_dir(tmp_path_factory, qwen_tokenizer_dir: Path) -> Path:
+    """A 3-layer Llama-3.2-Vision (one cross-attention layer, 28 px tiles)."""
+    return stand_in_backbone(tmp_path_factory, qwen_tokenizer_dir, TINY_MLLAMA)
 
 
 @pytest.fixture(scope="session")

@@ -52,7 +52,7 @@ def test_unsupported_backbones_are_refused_with_the_supported_families(config: d
         MultimodalItemEncoder(backbone="any/checkpoint", backbone_config=config)
     message = str(error.value)
     assert named in message
-    for family in ("Qwen2-VL", "Qwen2.5-VL", "InternVL2.5", "DeepSeek-VL"):
+    for family in ("Qwen2-VL", "Qwen2.5-VL", "InternVL2.5", "DeepSeek-VL", "Llama-3.2-Vision"):
         assert family in message
 
 

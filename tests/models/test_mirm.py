@@ -49,6 +49,17 @@ def test_text_is_capped_at_the_token_budget(encoder: MultimodalItemEncoder) -> N
     assert len(ids) - len(instruction) - 1 == encoder.max_text_tokens == 200
 
 
+def test_a_batch_of_inputs_equals_inputs_built_one_by_one(encoder: MultimodalItemEncoder) -> None:
+    together = encoder.items_inputs(ITEMS)  # one tokenizer and one image-processor call, cut per item
+    for item, batched in zip(ITEMS, together):
+        alone = encoder.item_inputs(*item)
+        assert batched.keys() == alone.keys()
+        for key in alone:
+            assert torch.equal(batched[key], alone[key]), key
+    lengths = encoder.item_lengths([(fields, image is not None) for fields, image in ITEMS])
+    assert lengths == [len(inputs["input_ids"]) for inputs in together]
+
+
 @pytest.mark.parametrize("pack, side", [(False, "right"), (False, "left"), (True, "right")],
                          ids=["padded-right", "padded-left", "packed"])
 def test_embedding_does_not_depend_on_the_batch(encoder: MultimodalItemEncoder, pack: bool, side: str) -> None:
@@ -105,7 +116,7 @@ def test_an_item_with_nothing_to_embed_is_refused(encoder: MultimodalItemEncoder
     with pytest.raises(ItemContentError, match="no text or readable image"):
         encoder.item_inputs({}, None)
     with pytest.raises(ItemContentError, match="no text or readable image"):
-        encoder.item_length({"title": "  "}, has_image=False)
+        encoder.item_lengths([({"title": "Heat"}, False), ({"title": "  "}, False)])
     with pytest.raises(ItemContentError, match="no readable image under modality 'image'"):
         image_only.item_inputs({"title": "Heat"}, None)
 

@@ -42,7 +42,7 @@ class QuickstartSize:
     epochs: int
 
 
-FULL = QuickstartSize(num_users=600, align_examples=300, epochs=15)
+FULL = QuickstartSize(num_users=600, align_examples=300, epochs=30)
 SMOKE = QuickstartSize(num_users=40, align_examples=8, epochs=2)
 
 

@@ -3,10 +3,11 @@
 Every item is one combination of a category (drawn as a shape), a colour on a colour wheel, a pattern and a
 size; its cover is drawn with Pillow and its title, tag and description say the same in words. Users walk
 through the shop the way content predicts: each keeps to a category for a while, moves one way round the
-colour wheel (their own direction) and prefers one pattern. Some items also have a "bundle partner", an
-unrelated item that often comes next: a pair only co-occurrence reveals, which an ID model learns and
-content cannot. Items are chosen with long-tailed popularity, so many are rare, and content reading models
-generalise to them where ID embeddings have little to learn from.
+colour wheel (their own direction) and prefers one pattern and one size. Some items also have a "bundle
+partner", an unrelated item that often comes next: a pair only co-occurrence reveals, which an ID model
+learns and content cannot. A user's first item is drawn by long-tailed popularity. With many items and few
+interactions each, a model that reads content learns one rule for all of them, where ID embeddings have
+little to learn from.
 
 The output is what :class:`~molar_lightning.data.sources.pixelrec.PixelRec` reads: ``interaction.csv``
 (``item_id,user_id,timestamp``), ``item_info.csv`` and ``cover/<item_id>.jpg``. Run
@@ -26,8 +27,9 @@ from PIL import Image, ImageDraw
 
 CATEGORIES = ("mug", "lamp", "vase", "clock", "bag", "hat", "kite", "cushion")
 COLOURS = {  # in colour-wheel order: neighbours look alike
-    "red": (220, 40, 40), "orange": (240, 140, 30), "yellow": (235, 210, 40), "green": (60, 170, 70),
-    "teal": (30, 160, 160), "blue": (40, 80, 220), "purple": (130, 60, 190), "pink": (235, 120, 180),
+    "red": (220, 40, 40), "orange": (240, 130, 30), "amber": (245, 180, 20), "yellow": (235, 225, 40),
+    "lime": (160, 210, 50), "green": (50, 160, 60), "teal": (30, 150, 140), "cyan": (40, 200, 220),
+    "blue": (40, 80, 220), "indigo": (75, 40, 150), "purple": (150, 60, 190), "pink": (235, 120, 180),
 }
 PATTERNS = ("plain", "striped", "dotted", "checked")
 SIZES = ("small", "medium", "large")

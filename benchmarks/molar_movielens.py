@@ -78,11 +78,6 @@ def content_overrides(config: str, items: str, args: argparse.Namespace) -> list
                  f"{model}item_adapter.init_args.in_features", str(MINILM_WIDTH),
                  f"{model}item_adapter.init_args.out_features", str(ADAPTED),
                  "--trainer.precision", "32", "--data.init_args.batch_size", "128"]
-    if config in ("sasrec_bert", "hllm"):
-        # `molar fit` cannot build `encoder: null` configs yet (Lightning records the linked data.num_items
-        # into the null encoder's hyper-parameters and fails): an ID model that never runs (alpha 0, content
-        # scoring, the configs' settings) stands in for none.
-        overrides += [f"{model}encoder", "molar_lightning.models.id.sasrec.SASRec"]
     if config == "sasrec_bert":  # its own config already trains at lr 1e-3, batch 128, no schedule
         return overrides
     dueg = f"{model}user_encoder.init_args."

@@ -21,8 +21,10 @@ version the tests run.
 import argparse
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from molar_lightning.cli import build_cli, embed
 from molar_lightning.data.sources.quickstart import ShopParams, write_shop
@@ -46,20 +48,19 @@ FULL = QuickstartSize(num_users=600, align_examples=300, epochs=30)
 SMOKE = QuickstartSize(num_users=40, align_examples=8, epochs=2)
 
 
-class Stages:
-    """Runs the numbered stages in order, timing each, with one output folder per stage."""
+class StageClock:
+    """Prints a numbered header for each stage and records its seconds for the report."""
 
-    def __init__(self, out: Path, total: int) -> None:
-        self.out, self.total, self.done, self.seconds = out, total, 0, {}
+    def __init__(self, total: int) -> None:
+        self.total, self.seconds = total, {}
 
-    def start(self, title: str) -> float:
-        self.done += 1
-        print(f"\n=== [{self.done}/{self.total}] {title} ===", flush=True)
-        return time.perf_counter()
-
-    def finish(self, title: str, started: float) -> None:
-        self.seconds[title] = time.perf_counter() - started
-        print(f"=== {title}: {self.seconds[title]:.1f} s ===", flush=True)
+    @contextmanager
+    def stage(self, name: str, title: str) -> Iterator[None]:
+        print(f"\n=== [{len(self.seconds) + 1}/{self.total}] {title} ===", flush=True)
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - started
+        print(f"=== {name}: {self.seconds[name]:.1f} s ===", flush=True)
 
 
 def fit(config: str, root: Path, overrides: list[str]):
@@ -71,54 +72,44 @@ def fit(config: str, root: Path, overrides: list[str]):
 
 def run_quickstart(out: str = "runs/quickstart", size: QuickstartSize = FULL, seed: int = 0) -> Path:
     """Run every stage into ``out`` and return the path of ``report.md``."""
+    if not CONFIGS.is_dir():
+        raise FileNotFoundError(f"{CONFIGS} not found: molar quickstart runs the configs of a repository checkout; "
+                                f"run it from a clone of molar_lightning")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stages = Stages(out, total=7)
+    clock = StageClock(total=7)
     epochs = f"--trainer.max_epochs={size.epochs}"
-    shop_dir = out / "shop"
-    data = [f"--data.init_args.data_dir={shop_dir}", f"--data.init_args.cache_dir={out / 'cache'}"]
+    shop_dir, aligned = out / "shop", out / "mirm_encoder"
+    cache_dir = f"--data.init_args.cache_dir={out / 'cache'}"
+    data = [f"--data.init_args.data_dir={shop_dir}", cache_dir]
+    mirm_data = [f"--data.init_args.source.init_args.data_dir={shop_dir}", cache_dir]
 
-    started = stages.start("write the quickstart shop")
-    write_shop(str(shop_dir), ShopParams(num_users=size.num_users, seed=seed))
-    stages.finish("shop", started)
-
-    started = stages.start("build a tiny random-weight Qwen2-VL (real tokenizer and image processor)")
-    tiny = build_tiny_backbone(out / "tiny-qwen2-vl", tiny_qwen2_vl_config(HIDDEN_SIZE),
-                               build_qwen_tokenizer(out / "qwen-tokenizer"), with_images=True, seed=seed)
-    stages.finish("tiny backbone", started)
-
-    started = stages.start("MIRM alignment fine-tuning on IT + SA + UB")
-    aligned = out / "mirm_encoder"
-    mirm_data = [f"--data.init_args.source.init_args.data_dir={shop_dir}", f"--data.init_args.cache_dir={out / 'cache'}"]
-    mirm = [f"--model.init_args.encoder.init_args.backbone={tiny}", f"--model.init_args.export_dir={aligned}"]
-    fit("mirm_align.yaml", out / "mirm_align",
-        [*mirm, *mirm_data, f"--data.init_args.examples_per_mixture={size.align_examples}"])
-    stages.finish("MIRM alignment", started)
-
-    started = stages.start("item embeddings of the aligned MIRM")
-    cache = embed(["--config", str(CONFIGS / "mirm_align.yaml"), f"--model.init_args.encoder.init_args.backbone={aligned}",
-                   *mirm_data, f"--embed.cache_root={out / 'item_embeddings'}"])
-    stages.finish("item embeddings", started)
-
-    started = stages.start("SASRec (the ID baseline, and Molar's ID model)")
-    sasrec = fit("sasrec.yaml", out / "sasrec", [*data, epochs])
-    sasrec_checkpoint = sasrec.trainer.checkpoint_callback.best_model_path
-    stages.finish("SASRec", started)
-
+    with clock.stage("shop", "write the quickstart shop"):
+        write_shop(str(shop_dir), ShopParams(num_users=size.num_users, seed=seed))
+    with clock.stage("tiny backbone", "build a tiny random-weight Qwen2-VL (real tokenizer and image processor)"):
+        tiny = build_tiny_backbone(out / "tiny-qwen2-vl", tiny_qwen2_vl_config(HIDDEN_SIZE),
+                                   build_qwen_tokenizer(out / "qwen-tokenizer"), with_images=True, seed=seed)
+    with clock.stage("MIRM alignment", "MIRM alignment fine-tuning on IT + SA + UB"):
+        fit("mirm_align.yaml", out / "mirm_align",
+            [f"--model.init_args.encoder.init_args.backbone={tiny}", f"--model.init_args.export_dir={aligned}",
+             *mirm_data, f"--data.init_args.examples_per_mixture={size.align_examples}"])
+    with clock.stage("item embeddings", "item embeddings of the aligned MIRM"):
+        cache = embed(["--config", str(CONFIGS / "mirm_align.yaml"), *mirm_data,
+                       f"--model.init_args.encoder.init_args.backbone={aligned}",
+                       f"--embed.cache_root={out / 'item_embeddings'}"])
+    with clock.stage("SASRec", "SASRec (the ID baseline, and Molar's ID model)"):
+        sasrec = fit("sasrec.yaml", out / "sasrec", [*data, epochs])
     molar_args = [*data, epochs, f"--model.init_args.item_embeddings={cache.folder}",
-                  f"--model.init_args.encoder_checkpoint={sasrec_checkpoint}",
+                  f"--model.init_args.encoder_checkpoint={sasrec.trainer.checkpoint_callback.best_model_path}",
                   f"--model.init_args.user_encoder.init_args.backbone={tiny}"]
-    started = stages.start("DUEG without post-alignment (align_weight 0)")
-    content = fit("molar.yaml", out / "dueg", [*molar_args, "--model.init_args.align_weight=0"])
-    stages.finish("DUEG w/o CL", started)
-
-    started = stages.start("Molar: DUEG post-aligned with SASRec")
-    molar = fit("molar.yaml", out / "molar", molar_args)
-    stages.finish("Molar", started)
+    with clock.stage("DUEG w/o CL", "DUEG without post-alignment (align_weight 0)"):
+        content = fit("molar.yaml", out / "dueg", [*molar_args, "--model.init_args.align_weight=0"])
+    with clock.stage("Molar", "Molar: DUEG post-aligned with SASRec"):
+        molar = fit("molar.yaml", out / "molar", molar_args)
 
     runs = [RunResult.read("SASRec", sasrec.trainer.log_dir), RunResult.read("DUEG w/o CL", content.trainer.log_dir),
             RunResult.read("Molar", molar.trainer.log_dir)]
-    report = write_report(out, runs, stages.seconds)
+    report = write_report(out, runs, clock.seconds)
     print("\n" + report.read_text())
     return report
 

@@ -37,7 +37,8 @@ def tiny_qwen2_vl_config(hidden_size: int = 32, num_layers: int = 2) -> dict:
     return dict(
         model_type="qwen2_vl",
         text_config=dict(tiny_text_config(hidden_size, num_layers),
-                         rope_parameters={"rope_type": "default", "mrope_section": mrope_section, "rope_theta": 10000.0}),
+                         rope_parameters={"rope_type": "default", "mrope_section": mrope_section,
+                                          "rope_theta": 10000.0}),
         vision_config=dict(depth=num_layers, embed_dim=32, hidden_size=hidden_size, num_heads=4, mlp_ratio=2,
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
         image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,

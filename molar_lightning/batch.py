@@ -20,12 +20,15 @@ class TrainBatch:
         user_ids: ``[B]`` user indices (0-based).
         positive_seq: ``[B, L]`` another training window whose last target equals this window's last target
             (DuoRec's supervised view), present only when the DataModule is asked for it.
+        step_items: end-to-end Molar only: the item encoder's inputs for this step's items (the batch's own and
+            random negatives, ascending ids), built in the DataLoader's workers.
     """
 
     item_seq: torch.Tensor
     target_seq: torch.Tensor
     user_ids: torch.Tensor
     positive_seq: Optional[torch.Tensor] = None
+    step_items: Optional["ItemBatch"] = None
 
     @property
     def mask(self) -> torch.Tensor:

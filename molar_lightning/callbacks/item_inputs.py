@@ -1,5 +1,5 @@
-"""Hands a task that trains its item encoder end to end (``MolarModule`` with ``item_encoder``) a way to build
-that encoder's inputs for any items of the DataModule's catalog.
+"""Hands a task that trains its item encoder end to end (``MolarModule`` with ``item_encoder``) its encoder's
+inputs: in every training batch (built by the DataLoader's workers) and for any items of the catalog.
 
 Tasks do not import ``data/``; this callback does the wiring at setup, before the task's own ``setup``.
 """
@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 
 from molar_lightning.batch import ItemBatch
 from molar_lightning.data.catalog import ItemCatalog
-from molar_lightning.data.item_inputs import ItemContentDataset, collate_items
+from molar_lightning.data.item_inputs import ItemContentDataset, StepItemsCollate, collate_items
 
 
 class ItemInputsCallback(pl.Callback):
@@ -36,3 +36,5 @@ class ItemInputsCallback(pl.Callback):
                                  pack=encoder.pack_sequences)
 
         pl_module.connect_item_inputs(item_inputs, datamodule.num_items)
+        # Training batches carry their items' inputs, built in the DataLoader's workers beside the windows.
+        datamodule.train_collate = StepItemsCollate(dataset, datamodule.num_items, pl_module.negatives_per_step)

@@ -8,7 +8,7 @@ ranking metrics count every user exactly once.
 """
 
 from functools import cached_property
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import lightning.pytorch as pl
 import torch.distributed as dist
@@ -71,6 +71,9 @@ class SequentialDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.same_target_positives = same_target_positives
+        # What turns training windows into a TrainBatch; end-to-end Molar swaps in one that also builds the item
+        # encoder's inputs (molar_lightning.data.item_inputs.StepItemsCollate, set by ItemInputsCallback).
+        self.train_collate: Callable = collate_train
 
     @cached_property
     def dataset(self) -> CanonicalDataset:
@@ -113,7 +116,7 @@ class SequentialDataModule(pl.LightningDataModule):
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self._windows(), batch_size=self.batch_size, shuffle=True, collate_fn=collate_train,
+        return DataLoader(self._windows(), batch_size=self.batch_size, shuffle=True, collate_fn=self.train_collate,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:

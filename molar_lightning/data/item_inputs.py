@@ -19,8 +19,9 @@ import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from molar_lightning.batch import ItemBatch
+from molar_lightning.batch import ItemBatch, TrainBatch
 from molar_lightning.data.catalog import ItemCatalog
+from molar_lightning.data.collate import collate_train
 
 TOKEN_KEYS = ("input_ids", "mm_token_type_ids")
 
@@ -183,3 +184,32 @@ def item_loader(catalog: ItemCatalog, builder: ItemInputBuilder, item_ids: Optio
     collate = partial(collate_items, pad_token_id=builder.pad_token_id, pack=builder.pack_sequences,
                       padding_side=padding_side)
     return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers)
+
+
+def step_item_ids(batch: TrainBatch, num_items: int, negatives: int) -> torch.Tensor:
+    """Ascending ids of the items a training step embeds: the batch's inputs and targets plus ``negatives``
+    random items of the ``num_items`` catalog (the pool the content loss draws negatives from)."""
+    random = torch.randint(1, num_items + 1, (negatives,), device=batch.item_seq.device)
+    ids = torch.cat([batch.item_seq.flatten(), batch.target_seq.flatten(), random]).unique()
+    return ids[ids != 0]
+
+
+class StepItemsCollate:
+    """``collate_train``, plus the item encoder's inputs for the step's items (:func:`step_item_ids`), so that
+    DataLoader workers read images and tokenize while the model trains (end-to-end Molar).
+
+    Args:
+        items: the catalog's items as the encoder reads them (row ``i`` is item ``i + 1``).
+        num_items: catalog size, for the random negatives.
+        negatives: random items embedded each step beside the batch's own.
+    """
+
+    def __init__(self, items: ItemContentDataset, num_items: int, negatives: int) -> None:
+        self.items, self.num_items, self.negatives = items, num_items, negatives
+
+    def __call__(self, samples) -> TrainBatch:
+        batch = collate_train(samples)
+        ids = step_item_ids(batch, self.num_items, self.negatives)
+        batch.step_items = collate_items(self.items.__getitems__((ids - 1).tolist()), self.items.builder.pad_token_id,
+                                         pack=self.items.builder.pack_sequences)
+        return batch

@@ -83,8 +83,9 @@ class MolarModule(pl.LightningModule):
             MIRM: the fast mode; a list of them is concatenated (text + image features). Exactly one of this and
             ``item_encoder``.
         item_encoder: a MIRM trained end to end (``finetuning: lora``), embedding the items of every batch.
-            Its inputs come from :meth:`connect_item_inputs`, which
-            :class:`~molar_lightning.callbacks.item_inputs.ItemInputsCallback` calls at setup. Checkpoints keep
+            :class:`~molar_lightning.callbacks.item_inputs.ItemInputsCallback` wires its inputs at setup: built
+            in the DataLoader's workers for training (``TrainBatch.step_items``), and through
+            :meth:`connect_item_inputs` for embedding the whole catalog at validation and test. Checkpoints keep
             only its trainable weights; the frozen rest is loaded again from its ``backbone`` (``adapter_path``).
         item_adapter: a trainable map applied to every item embedding before both the user model and scoring
             (e.g. ``torch.nn.Linear``); null uses the embeddings as they are.
@@ -101,7 +102,7 @@ class MolarModule(pl.LightningModule):
             ``id`` (the ID model alone) or ``fused`` (see ``fusion_weight``).
         fusion_weight: the fused score is ``(1 - w) * content cosine + w * ID cosine``.
         negatives_per_step: end-to-end mode only: random items embedded each step beside the batch's own, which
-            with them form the item table the loss draws negatives from.
+            with them form the item table the loss draws negatives from (drawn by the training collate).
         item_batch_size: end-to-end mode only: items per MIRM forward when embedding the whole catalog for
             validation and test.
         optimizer: optimizer factory over every trainable weight; AdamW unless configured.
@@ -200,10 +201,14 @@ class MolarModule(pl.LightningModule):
                              "MolarModule.connect_item_inputs), or use the frozen mode with item_embeddings")
 
     def embed_items(self, item_ids: torch.Tensor) -> torch.Tensor:
-        """End-to-end mode: MIRM embeddings ``[K, H]`` of ``item_ids [K]`` (with gradients when training)."""
+        """End-to-end mode: MIRM embeddings ``[K, H]`` of ``item_ids [K]``, inputs built here (evaluation)."""
         batch = self.transfer_batch_to_device(self._item_inputs(item_ids.tolist()), self.device, 0)
         if not torch.equal(batch.item_ids, item_ids):
             raise ValueError("item_inputs must return the items in the order asked for")
+        return self.encode_items(batch)
+
+    def encode_items(self, batch: ItemBatch) -> torch.Tensor:
+        """End-to-end mode: the MIRM forward over an item batch already on the device ``[K, H]``."""
         return self.item_encoder(batch.input_ids, batch.attention_mask, batch.lengths, batch.mm_token_type_ids,
                                  batch.image_inputs)
 
@@ -218,18 +223,20 @@ class MolarModule(pl.LightningModule):
     def _train_items(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(item table, item_seq, target_seq) for a training step, ids remapped into that table.
 
-        Cached: the whole table and the batch as it is. End to end: the batch's items plus
-        ``negatives_per_step`` random ones, embedded now, as rows ``1..K`` of a local table.
+        Cached: the whole table and the batch as it is. End to end: the step's items that the DataLoader's
+        workers prepared (``batch.step_items``: the batch's own plus ``negatives_per_step`` random ones),
+        embedded now, as rows ``1..K`` of a local table.
         """
         if self.item_encoder is None:
             return self.item_adapter(self.cached_items), batch.item_seq, batch.target_seq
-        num_items = self._num_items
-        random = torch.randint(1, num_items + 1, (self.negatives_per_step,), device=batch.item_seq.device)
-        ids = torch.cat([batch.item_seq.flatten(), batch.target_seq.flatten(), random]).unique()
-        ids = ids[ids != 0]
-        local = torch.zeros(num_items + 1, dtype=torch.long, device=ids.device)
+        if batch.step_items is None:
+            raise ValueError("end-to-end training needs each batch's item inputs (TrainBatch.step_items), which "
+                             "the DataModule's train_collate builds once ItemInputsCallback has set it up; add "
+                             "molar_lightning.callbacks.item_inputs.ItemInputsCallback to trainer.callbacks")
+        ids = batch.step_items.item_ids
+        local = torch.zeros(self._num_items + 1, dtype=torch.long, device=ids.device)
         local[ids] = torch.arange(1, len(ids) + 1, device=ids.device)
-        embedded = self.embed_items(ids)
+        embedded = self.encode_items(batch.step_items)
         table = torch.cat([embedded.new_zeros(1, embedded.shape[-1]), embedded])
         return self.item_adapter(table), local[batch.item_seq], local[batch.target_seq]
 

@@ -223,6 +223,37 @@ def test_end_to_end_mode_trains_mirm_on_the_batch_items(fixture_data, tiny_qwen2
     assert module.item_table().shape == (fixture_data.num_items + 1, mirm.hidden_size)
 
 
+def test_end_to_end_training_items_are_built_in_the_dataloader_workers(ml1m_dir: Path, tiny_qwen2_dir: Path,
+                                                                      tmp_path: Path, monkeypatch) -> None:
+    data = MovieLensDataModule(str(ml1m_dir), cache_dir=str(tmp_path / "cache"), max_seq_len=6, batch_size=4,
+                               num_workers=1)
+    mirm = text_mirm(tiny_qwen2_dir, "lora")
+    module = content_molar(mirm.hidden_size, data.num_items, item_encoder=mirm, negatives_per_step=3)
+    built_in_main = []
+    monkeypatch.setattr(MolarModule, "embed_items", lambda self, ids: built_in_main.append(ids))
+    counter = CountForwards(monkeypatch)
+    run = trainer(1, limit_train_batches=2, limit_val_batches=0, callbacks=[ItemInputsCallback()])
+    run.fit(module, datamodule=data)
+    assert run.global_step == 2 and counter.calls == 2 and not built_in_main
+
+    batch = next(iter(data.train_dataloader()))  # what the worker sent: the batch's items, then random ones
+    own = torch.cat([batch.item_seq.flatten(), batch.target_seq.flatten()]).unique()
+    own = own[own != 0]
+    step = batch.step_items.item_ids
+    assert torch.equal(step, step.sort().values) and set(own.tolist()) <= set(step.tolist())
+    assert len(step) <= len(own) + 3
+    expected = module._item_inputs(step.tolist())
+    assert torch.equal(batch.step_items.input_ids, expected.input_ids)
+
+
+def test_end_to_end_training_without_the_callback_is_refused_with_a_hint(fixture_data, tiny_qwen2_dir: Path) -> None:
+    mirm = text_mirm(tiny_qwen2_dir, "lora")
+    module = content_molar(mirm.hidden_size, fixture_data.num_items, item_encoder=mirm)
+    module.connect_item_inputs(lambda ids: None, fixture_data.num_items)  # catalog only, no training inputs
+    with pytest.raises(ValueError, match="ItemInputsCallback"):
+        trainer(1, limit_train_batches=1, limit_val_batches=0).fit(module, datamodule=fixture_data)
+
+
 def lora_mirm(tiny_qwen2_dir: Path, seed: int) -> MultimodalItemEncoder:
     """Text MIRM with LoRA and the trainable [Cur_Item] vector; ``seed`` sets the adapters' initial weights."""
     torch.manual_seed(seed)

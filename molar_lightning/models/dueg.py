@@ -87,6 +87,7 @@ class LLMUserEncoder(nn.Module):
         if loaded.kind == "encoder":
             raise ValueError(f"{backbone} is a bidirectional encoder; DUEG needs a decoder-only (causal) model")
         self.decoder = loaded.model.get_decoder()
+        self.loaded_from_pretrained = backbone_config is None  # frozen weights can be read again from `backbone`
         self.decoder.get_input_embeddings().requires_grad_(False)
         hidden = loaded.hidden_size
         self.input_size = input_size or hidden

@@ -304,27 +304,30 @@ class MolarModule(pl.LightningModule):
         return loss
 
     # ----- checkpoints --------------------------------------------------------------------------------------
-    def _rebuilt_item_weights(self) -> list[str]:
-        """State-dict keys of the end-to-end MIRM that its constructor loads again from the backbone path (and
-        ``adapter_path``): everything but its trainable parameters (LoRA adapters, the ``[Cur_Item]`` vector,
-        or all of it under full fine-tuning). None when its weights are random (``backbone_config``)."""
-        if self.item_encoder is None or not self.item_encoder.backbone.model.name_or_path:
-            return []
-        trainable = {f"item_encoder.{name}" for name, parameter in
-                     self.item_encoder.named_parameters(remove_duplicate=False) if parameter.requires_grad}
-        return [key for key in self.state_dict() if key.startswith("item_encoder.") and key not in trainable]
+    def _rebuilt_weights(self) -> list[str]:
+        """State-dict keys that the constructor loads again from pretrained backbone paths: everything of the
+        end-to-end MIRM and of an LLM user encoder (DUEG) but their trainable parameters (LoRA adapters, the
+        ``[Cur_Item]`` vector; for DUEG at least its unused word embeddings). None for random-weight backbones
+        (``backbone_config``), which nothing could restore."""
+        item_encoder = self.item_encoder
+        pretrained = {"item_encoder.": item_encoder is not None and bool(item_encoder.backbone.model.name_or_path),
+                      "user_encoder.": getattr(self.user_encoder, "loaded_from_pretrained", False)}
+        trainable = {name for name, parameter in self.named_parameters(remove_duplicate=False)
+                     if parameter.requires_grad}
+        return [key for key in self.state_dict() if key not in trainable
+                and any(key.startswith(prefix) for prefix, rebuilt in pretrained.items() if rebuilt)]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """End to end, checkpoints keep the MIRM's trainable weights only: a 2B frozen backbone is gigabytes
-        that the backbone path already holds."""
-        for key in self._rebuilt_item_weights():
+        """Checkpoints keep the content backbones' trainable weights only: a frozen 2B MIRM is gigabytes, and
+        DUEG's word embeddings (never used) 0.9 GB, that the backbone paths already hold."""
+        for key in self._rebuilt_weights():
             checkpoint["state_dict"].pop(key, None)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Put back the frozen MIRM weights a checkpoint left out, as this module loaded them from the backbone
-        path, so that resuming and ``load_from_checkpoint`` load strictly."""
+        """Put back the frozen weights a checkpoint left out, as this module loaded them from the backbone
+        paths, so that resuming and ``load_from_checkpoint`` load strictly."""
         state, own = checkpoint["state_dict"], self.state_dict()
-        for key in self._rebuilt_item_weights():
+        for key in self._rebuilt_weights():
             state.setdefault(key, own[key])
 
     # ----- evaluation ---------------------------------------------------------------------------------------

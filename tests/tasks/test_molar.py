@@ -361,3 +361,10 @@ def test_shipped_molar_config_fits_tests_and_reloads_from_its_checkpoint(ml1m_di
     (schedule,) = state["lr_schedulers"]  # the config's warm-up + cosine, its length taken from the trainer
     assert schedule["total_steps"] == state["global_step"] < schedule["warmup_steps"] == 100
     assert schedule["_last_lr"] == [pytest.approx(1e-4 * (0.01 + 0.99 * state["global_step"] / 100))]
+    # DUEG's word embeddings never train: the checkpoint leaves them to the backbone path, and loading restores
+    # exactly the trained DUEG (its trained weights from the checkpoint, the rest from tiny_qwen2_dir).
+    saved = state["state_dict"]
+    assert not any("embed_tokens" in key for key in saved)
+    assert any(key.startswith("user_encoder.decoder.layers.0.") for key in saved)
+    for key, value in saved.items():
+        torch.testing.assert_close(module.state_dict()[key], value)

@@ -18,6 +18,7 @@ from tests.models.conftest import (  # noqa: F401 - fixtures
     add_posters_and_plots,
     qwen_tokenizer_dir,
     tiny_bert_dir,
+    tiny_mllama_dir,
     tiny_qwen2_vl_dir,
 )
 
@@ -94,3 +95,16 @@ def test_a_headless_encoder_can_embed_but_not_be_aligned(tiny_bert_dir) -> None:
     module.setup("predict")  # `molar embed` serves text encoders such as MiniLM
     with pytest.raises(ValueError, match="no language-model head"):
         module.setup("fit")
+
+
+def test_llama_vision_aligns_through_its_cross_attention_inputs(data_dir, tiny_mllama_dir, tmp_path):
+    """Mllama reads images through cross-attention: alignment batches (several images a row in UB) get the
+    masks its processor builds, and the answer loss falls."""
+    torch.set_num_threads(1)
+    run_dir = tmp_path / "run"
+    main(["fit", *tiny_args(data_dir, tiny_mllama_dir, run_dir), "--trainer.max_epochs", "6",
+          "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(run_dir),
+          "--trainer.log_every_n_steps", "1"])
+    losses = [float(row["train/loss"]) for row in csv.DictReader(next(run_dir.rglob("metrics.csv")).open())
+              if row.get("train/loss")]
+    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses

@@ -1,12 +1,15 @@
 """Hands a task that trains its item encoder end to end (``MolarModule`` with ``item_encoder``) its encoder's
-inputs: in every training batch (built by the DataLoader's workers) and for any items of the catalog.
+inputs: in every training batch and for the whole catalog at evaluation (both built in DataLoader workers),
+and for any items on request.
 
 Tasks do not import ``data/``; this callback does the wiring at setup, before the task's own ``setup``.
 """
 
+from functools import partial
 from typing import Sequence
 
 import lightning.pytorch as pl
+from torch.utils.data import DataLoader
 
 from molar_lightning.batch import ItemBatch
 from molar_lightning.data.catalog import ItemCatalog
@@ -35,6 +38,11 @@ class ItemInputsCallback(pl.Callback):
             return collate_items(dataset.__getitems__([item_id - 1 for item_id in item_ids]), encoder.pad_token_id,
                                  pack=encoder.pack_sequences)
 
-        pl_module.connect_item_inputs(item_inputs, datamodule.num_items)
+        def catalog_batches(batch_size: int) -> DataLoader:  # every item, its inputs built in the loader's workers
+            return DataLoader(dataset, batch_size=batch_size, num_workers=datamodule.num_workers,
+                              collate_fn=partial(collate_items, pad_token_id=encoder.pad_token_id,
+                                                 pack=encoder.pack_sequences))
+
+        pl_module.connect_item_inputs(item_inputs, datamodule.num_items, catalog_batches)
         # Training batches carry their items' inputs, built in the DataLoader's workers beside the windows.
         datamodule.train_collate = StepItemsCollate(dataset, datamodule.num_items, pl_module.negatives_per_step)

@@ -17,7 +17,7 @@ the ID model alone, or a fused score.
 """
 
 from pathlib import Path
-from typing import Callable, Literal, Optional, Sequence, Union
+from typing import Callable, Iterable, Literal, Optional, Sequence, Union
 
 import lightning.pytorch as pl
 import torch
@@ -163,6 +163,7 @@ class MolarModule(pl.LightningModule):
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self._item_inputs: Optional[Callable[[Sequence[int]], ItemBatch]] = None
+        self._catalog_batches: Optional[Callable[[int], Iterable[ItemBatch]]] = None
         self._num_items = 0
         self._catalog_table: Optional[torch.Tensor] = None  # end-to-end mode: all items, for evaluation
         if item_embeddings is not None:
@@ -188,11 +189,15 @@ class MolarModule(pl.LightningModule):
                 self.id_token_projection = nn.Linear(id_width, width)
 
     # ----- item embeddings ----------------------------------------------------------------------------------
-    def connect_item_inputs(self, item_inputs: Callable[[Sequence[int]], ItemBatch], num_items: int) -> None:
+    def connect_item_inputs(self, item_inputs: Callable[[Sequence[int]], ItemBatch], num_items: int,
+                            catalog_batches: Optional[Callable[[int], Iterable[ItemBatch]]] = None) -> None:
         """End-to-end mode: ``item_inputs(item_ids)`` builds the MIRM inputs of those items, in that order,
-        for a catalog of ``num_items`` items."""
+        for a catalog of ``num_items`` items; ``catalog_batches(batch_size)`` yields every item's inputs in
+        batches of any order (e.g. from DataLoader workers), by default through ``item_inputs``."""
         self._item_inputs = item_inputs
         self._num_items = num_items
+        self._catalog_batches = catalog_batches or (lambda batch_size: (
+            item_inputs(chunk.tolist()) for chunk in torch.arange(1, num_items + 1).split(batch_size)))
 
     def setup(self, stage: str) -> None:
         if self.item_encoder is not None and self._item_inputs is None:
@@ -201,7 +206,7 @@ class MolarModule(pl.LightningModule):
                              "MolarModule.connect_item_inputs), or use the frozen mode with item_embeddings")
 
     def embed_items(self, item_ids: torch.Tensor) -> torch.Tensor:
-        """End-to-end mode: MIRM embeddings ``[K, H]`` of ``item_ids [K]``, inputs built here (evaluation)."""
+        """End-to-end mode: MIRM embeddings ``[K, H]`` of ``item_ids [K]``, their inputs built in this process."""
         batch = self.transfer_batch_to_device(self._item_inputs(item_ids.tolist()), self.device, 0)
         if not torch.equal(batch.item_ids, item_ids):
             raise ValueError("item_inputs must return the items in the order asked for")
@@ -241,12 +246,18 @@ class MolarModule(pl.LightningModule):
         return self.item_adapter(table), local[batch.item_seq], local[batch.target_seq]
 
     def _embed_catalog(self) -> None:
+        """End-to-end mode: every item's MIRM embedding, for ranking at validation and test."""
         if self.item_encoder is None:
             return
-        ids = torch.arange(1, self._num_items + 1, device=self.device)
+        table = None
         with torch.no_grad():
-            rows = [self.embed_items(chunk) for chunk in ids.split(self.item_batch_size)]
-        self._catalog_table = torch.cat([rows[0].new_zeros(1, rows[0].shape[-1]), *rows]).float()
+            for batch in self._catalog_batches(self.item_batch_size):
+                batch = self.transfer_batch_to_device(batch, self.device, 0)
+                rows = self.encode_items(batch).float()
+                if table is None:
+                    table = rows.new_zeros(self._num_items + 1, rows.shape[-1])
+                table[batch.item_ids] = rows
+        self._catalog_table = table
 
     def on_validation_epoch_start(self) -> None:
         self._embed_catalog()

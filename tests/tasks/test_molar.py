@@ -232,9 +232,15 @@ def test_end_to_end_training_items_are_built_in_the_dataloader_workers(ml1m_dir:
     built_in_main = []
     monkeypatch.setattr(MolarModule, "embed_items", lambda self, ids: built_in_main.append(ids))
     counter = CountForwards(monkeypatch)
-    run = trainer(1, limit_train_batches=2, limit_val_batches=0, callbacks=[ItemInputsCallback()])
+    run = trainer(1, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0,
+                  callbacks=[ItemInputsCallback(), RankingEvaluationCallback()])
     run.fit(module, datamodule=data)
-    assert run.global_step == 2 and counter.calls == 2 and not built_in_main
+    catalog_forwards = -(-data.num_items // module.item_batch_size)  # validation embeds the catalog once
+    assert run.global_step == 2 and counter.calls == 2 + catalog_forwards and not built_in_main
+    monkeypatch.undo()
+    with torch.no_grad():  # the catalog the workers built equals the items embedded one request at a time
+        expected = module.eval().embed_items(torch.arange(1, data.num_items + 1))
+    torch.testing.assert_close(module._catalog_table[1:], expected)
 
     batch = next(iter(data.train_dataloader()))  # what the worker sent: the batch's items, then random ones
     own = torch.cat([batch.item_seq.flatten(), batch.target_seq.flatten()]).unique()

@@ -232,7 +232,7 @@ def test_end_to_end_training_items_are_built_in_the_dataloader_workers(ml1m_dir:
     built_in_main = []
     monkeypatch.setattr(MolarModule, "embed_items", lambda self, ids: built_in_main.append(ids))
     counter = CountForwards(monkeypatch)
-    run = trainer(1, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0,
+    run = trainer(1, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, default_root_dir=tmp_path,
                   callbacks=[ItemInputsCallback(), RankingEvaluationCallback()])
     run.fit(module, datamodule=data)
     catalog_forwards = -(-data.num_items // module.item_batch_size)  # validation embeds the catalog once

@@ -96,6 +96,7 @@ def run_quickstart(out: str = "runs/quickstart", size: QuickstartSize = FULL, se
     with clock.stage("item embeddings", "item embeddings of the aligned MIRM"):
         cache = embed(["--config", str(CONFIGS / "mirm_align.yaml"), *mirm_data,
                        f"--model.init_args.encoder.init_args.backbone={aligned}",
+                       f"--trainer.default_root_dir={out / 'mirm_align'}",
                        f"--embed.cache_root={out / 'item_embeddings'}"])
     with clock.stage("SASRec", "SASRec (the ID baseline, and Molar's ID model)"):
         sasrec = fit("sasrec.yaml", out / "sasrec", [*data, epochs])

@@ -33,9 +33,13 @@ def test_plot_draws_one_coloured_line_per_run(tmp_path: Path) -> None:
     assert {(31, 119, 180), (214, 39, 40)} <= colours
 
 
-def test_smoke_quickstart_writes_the_report(tmp_path: Path, capsys) -> None:
+def test_smoke_quickstart_writes_the_report(tmp_path: Path, capsys, monkeypatch) -> None:
     out = tmp_path / "quickstart"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     main(["quickstart", "--smoke", "--out", str(out)])
+    assert not list(elsewhere.iterdir())  # nothing lands in the working directory: everything goes under --out
     report = (out / "report.md").read_text()
     assert report in capsys.readouterr().out
     rows = {line.split(" | ")[0].lstrip("| "): line for line in report.splitlines()

@@ -5,7 +5,7 @@ and for any items on request.
 Tasks do not import ``data/``; this callback does the wiring at setup, before the task's own ``setup``.
 """
 
-from functools import partial
+from functools import lru_cache
 from typing import Sequence
 
 import lightning.pytorch as pl
@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from molar_lightning.batch import ItemBatch
 from molar_lightning.data.catalog import ItemCatalog
-from molar_lightning.data.item_inputs import ItemContentDataset, StepItemsCollate, collate_items
+from molar_lightning.data.item_inputs import ItemContentDataset, StepItemsCollate, collate_items, item_loader
 
 
 class ItemInputsCallback(pl.Callback):
@@ -38,10 +38,11 @@ class ItemInputsCallback(pl.Callback):
             return collate_items(dataset.__getitems__([item_id - 1 for item_id in item_ids]), encoder.pad_token_id,
                                  pack=encoder.pack_sequences)
 
-        def catalog_batches(batch_size: int) -> DataLoader:  # every item, its inputs built in the loader's workers
-            return DataLoader(dataset, batch_size=batch_size, num_workers=datamodule.num_workers,
-                              collate_fn=partial(collate_items, pad_token_id=encoder.pad_token_id,
-                                                 pack=encoder.pack_sequences))
+        @lru_cache(maxsize=1)  # items are tokenized for length sorting once, not at every evaluation
+        def catalog_batches(batch_size: int) -> DataLoader:
+            """Every item, length-sorted, for every process; inputs built in the loader's workers."""
+            return item_loader(catalog, encoder, batch_size=batch_size, num_workers=datamodule.num_workers,
+                               shard=False)
 
         pl_module.connect_item_inputs(item_inputs, datamodule.num_items, catalog_batches)
         # Training batches carry their items' inputs, built in the DataLoader's workers beside the windows.

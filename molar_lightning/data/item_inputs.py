@@ -148,19 +148,22 @@ class ItemContentDataset(Dataset):
 
 
 class LengthSortedBatches(Sampler[list[int]]):
-    """Batches of indices of similar length, longest first; each DDP process takes every world-th batch.
+    """Batches of indices of similar length, longest first; with ``shard``, each DDP process takes every
+    world-th batch.
 
     Args:
         lengths: length of each index.
         batch_size: indices per batch.
+        shard: split the batches between DDP processes; off, every process gets them all.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int) -> None:
+    def __init__(self, lengths: Sequence[int], batch_size: int, shard: bool = True) -> None:
         order = sorted(range(len(lengths)), key=lambda index: (-lengths[index], index))
         self.batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+        self.shard = shard
 
     def _mine(self) -> list[list[int]]:
-        if dist.is_available() and dist.is_initialized():
+        if self.shard and dist.is_available() and dist.is_initialized():
             return self.batches[dist.get_rank()::dist.get_world_size()]
         return self.batches
 
@@ -172,13 +175,15 @@ class LengthSortedBatches(Sampler[list[int]]):
 
 
 def item_loader(catalog: ItemCatalog, builder: ItemInputBuilder, item_ids: Optional[Sequence[int]] = None,
-                batch_size: int = 32, num_workers: int = 0, padding_side: str = "right") -> DataLoader:
-    """A DataLoader of :class:`ItemBatch` over ``item_ids`` (all items by default), sorted by length.
+                batch_size: int = 32, num_workers: int = 0, padding_side: str = "right",
+                shard: bool = True) -> DataLoader:
+    """A DataLoader of :class:`ItemBatch` over ``item_ids`` (all items by default), sorted by length; under DDP
+    each process gets its share of the batches, or all of them when ``shard`` is off.
 
     Every item is checked first, so items with nothing to embed are all reported before any work is done.
     """
     dataset = ItemContentDataset(catalog, builder, item_ids if item_ids is not None else range(1, len(catalog) + 1))
-    batches = LengthSortedBatches(dataset.lengths(), batch_size)
+    batches = LengthSortedBatches(dataset.lengths(), batch_size, shard)
     if num_workers > 0:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers are forked after the first tokenizer call
     collate = partial(collate_items, pad_token_id=builder.pad_token_id, pack=builder.pack_sequences,

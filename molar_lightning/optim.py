@@ -7,9 +7,10 @@ count or number of GPUs.
 """
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import lightning.pytorch as pl
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -74,3 +75,16 @@ def every_step(scheduler: LRScheduler, trainer: pl.Trainer) -> dict:
                              f"(max_epochs and max_steps are -1); set trainer.max_epochs or total_steps")
         scheduler.total_steps = int(total)
     return {"scheduler": scheduler, "interval": "step"}
+
+
+def trainable_weights_optimizer(module: pl.LightningModule, optimizer: OptimizerCallable,
+                                lr_scheduler: Optional[LRSchedulerCallable]) -> Union[Optimizer, dict]:
+    """What every task's ``configure_optimizers`` returns: ``optimizer`` over the module's trainable weights,
+    with ``lr_scheduler`` (if any) stepped every optimizer step (:func:`every_step`)."""
+    trainable = [parameter for parameter in module.parameters() if parameter.requires_grad]
+    if not trainable:
+        raise ValueError("the encoder has no trainable weight: set its finetuning to lora or full")
+    built = optimizer(trainable)
+    if lr_scheduler is None:
+        return built
+    return {"optimizer": built, "lr_scheduler": every_step(lr_scheduler(built), module.trainer)}

@@ -19,6 +19,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from molar_lightning.batch import IGNORE_INDEX, AlignmentBatch, ItemBatch
 from molar_lightning.models.mirm import MultimodalItemEncoder
+from molar_lightning.optim import trainable_weights_optimizer
 
 
 class MIRMAlignmentModule(pl.LightningModule):
@@ -98,10 +99,4 @@ class MIRMAlignmentModule(pl.LightningModule):
             self.encoder.save_pretrained(folder)
 
     def configure_optimizers(self):
-        trainable = [parameter for parameter in self.parameters() if parameter.requires_grad]
-        if not trainable:
-            raise ValueError("the encoder has no trainable weight: set its finetuning to lora or full")
-        optimizer = self.optimizer(trainable)
-        if self.lr_scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "interval": "step"}}
+        return trainable_weights_optimizer(self, self.optimizer, self.lr_scheduler)

@@ -19,7 +19,6 @@ the ID model alone, or a fused score.
 from pathlib import Path
 from typing import Callable, Iterable, Literal, Optional, Sequence, Union
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -28,8 +27,7 @@ from torch import nn
 
 from molar_lightning.batch import EvalBatch, ItemBatch, TrainBatch
 from molar_lightning.losses import ContentInfoNCELoss, FullSoftmaxCrossEntropy, UserAlignmentLoss
-from molar_lightning.metrics.ranking import recommendations
-from molar_lightning.optim import every_step
+from molar_lightning.tasks.ranking_task import RankingTask
 
 CACHE_FILE = "embeddings.safetensors"
 
@@ -70,7 +68,7 @@ def adapted_width(item_adapter: nn.Module, width: int) -> int:
     return out
 
 
-class MolarModule(pl.LightningModule):
+class MolarModule(RankingTask):
     """Content user model + item embeddings, post-aligned with an ID model (Molar; HLLM/CoLLM/SASRec+BERT rows).
 
     Args:
@@ -357,21 +355,3 @@ class MolarModule(pl.LightningModule):
         # Concatenated, their dot product is (1 - w) * content cosine + w * ID cosine.
         return {"user_emb": torch.cat([content_scale * user, id_scale * id_user], dim=-1),
                 "item_emb": torch.cat([content_scale * items, id_scale * id_items], dim=-1)}
-
-    def validation_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._rank_inputs(batch)
-
-    def test_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._rank_inputs(batch)
-
-    def predict_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, torch.Tensor]:
-        """Each user's ``top_k`` unseen items under ``scoring``: ``{"user_ids", "item_ids" [B, k], "scores"}``."""
-        inputs = self._rank_inputs(batch)
-        return recommendations(inputs["user_emb"], inputs["item_emb"], self.top_k, batch.history, batch.user_ids)
-
-    def configure_optimizers(self):
-        trainable = [parameter for parameter in self.parameters() if parameter.requires_grad]
-        optimizer = self.optimizer(trainable)
-        if self.lr_scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": every_step(self.lr_scheduler(optimizer), self.trainer)}

@@ -7,18 +7,16 @@ ranks all items; prediction returns each user's top-k items for serving.
 
 from typing import Optional
 
-import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from molar_lightning.batch import EvalBatch, TrainBatch
 from molar_lightning.losses import FullSoftmaxCrossEntropy
-from molar_lightning.metrics.ranking import recommendations
-from molar_lightning.optim import every_step
+from molar_lightning.tasks.ranking_task import RankingTask
 
 
-class SequentialRecModule(pl.LightningModule):
+class SequentialRecModule(RankingTask):
     """Next-item training of any :class:`~molar_lightning.models.protocol.SequenceEncoder`.
 
     An encoder with an ``auxiliary_loss`` method (DuoRec's contrastive regulariser) gets it added to the
@@ -67,20 +65,3 @@ class SequentialRecModule(pl.LightningModule):
     def _rank_inputs(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
         user_emb = self.encoder.encode_sequence(batch.item_seq, batch.mask, batch.user_ids)
         return {"user_emb": user_emb, "item_emb": self.encoder.item_embeddings()}
-
-    def validation_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._rank_inputs(batch)
-
-    def test_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._rank_inputs(batch)
-
-    def predict_step(self, batch: EvalBatch, batch_idx: int) -> dict[str, torch.Tensor]:
-        """Each user's ``top_k`` unseen items: ``{"user_ids", "item_ids" [B, k], "scores" [B, k]}``."""
-        inputs = self._rank_inputs(batch)
-        return recommendations(inputs["user_emb"], inputs["item_emb"], self.top_k, batch.history, batch.user_ids)
-
-    def configure_optimizers(self):
-        optimizer = self.optimizer(self.parameters())
-        if self.lr_scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": every_step(self.lr_scheduler(optimizer), self.trainer)}

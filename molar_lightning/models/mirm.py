@@ -113,6 +113,7 @@ class MultimodalItemEncoder(nn.Module):
         self.image_size = image_size
         self.pooling = pooling
         self.pack_sequences = pack_sequences
+        self.loaded_from_pretrained = backbone_config is None  # frozen weights can be read again from `backbone`
         self.backbone = load_backbone(
             backbone, config=backbone_config, finetuning=finetuning, lora_rank=lora_rank, lora_alpha=lora_alpha,
             lora_dropout=lora_dropout, lora_target_modules=lora_target_modules or DEFAULT_LORA_TARGETS,

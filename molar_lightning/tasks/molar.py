@@ -318,13 +318,11 @@ class MolarModule(RankingTask):
         end-to-end MIRM and of an LLM user encoder (DUEG) but their trainable parameters (LoRA adapters, the
         ``[Cur_Item]`` vector; for DUEG at least its unused word embeddings). None for random-weight backbones
         (``backbone_config``), which nothing could restore."""
-        item_encoder = self.item_encoder
-        pretrained = {"item_encoder.": item_encoder is not None and bool(item_encoder.backbone.model.name_or_path),
-                      "user_encoder.": getattr(self.user_encoder, "loaded_from_pretrained", False)}
+        rebuilt = tuple(f"{name}." for name in ("item_encoder", "user_encoder")
+                        if getattr(getattr(self, name), "loaded_from_pretrained", False))
         trainable = {name for name, parameter in self.named_parameters(remove_duplicate=False)
                      if parameter.requires_grad}
-        return [key for key in self.state_dict() if key not in trainable
-                and any(key.startswith(prefix) for prefix, rebuilt in pretrained.items() if rebuilt)]
+        return [key for key in self.state_dict() if key.startswith(rebuilt) and key not in trainable]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Checkpoints keep the content backbones' trainable weights only: a frozen 2B MIRM is gigabytes, and

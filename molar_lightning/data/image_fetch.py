@@ -1,15 +1,11 @@
-"""The local image folder: filling it from the URLs in Amazon metadata, and what counts as a usable image file.
+"""The local image folder, filled from the URLs in Amazon metadata.
 
 ``molar data fetch-images`` downloads each reviewed item's main image to ``<image_dir>/<item id>.jpg``
 (urllib only), several at a time, with retries and a progress bar. It resumes: a file already there that
-passes :func:`image_problem` is skipped, so an interrupted or partly failed run is finished by running it
-again. Every download goes to a temporary name first and is renamed into place only once it checks out,
-so the folder never holds a half-written image under an item's name. Failures are summarised at the end
-and listed in ``<image_dir>/fetch_failures.tsv``.
-
-:func:`image_problem` is the one structural check shared by the downloader (resume, truncated transfers)
-and preparation (``image_policy``); :class:`~molar_lightning.data.catalog.ItemCatalog` still survives a
-file that passes it but fails to decode.
+passes :func:`~molar_lightning.data.image_check.image_problem` is skipped, so an interrupted or partly
+failed run is finished by running it again. Every download goes to a temporary name first and is renamed
+into place only once it passes the same check, so the folder never holds a half-written image under an
+item's name. Failures are summarised at the end and listed in ``<image_dir>/fetch_failures.tsv``.
 """
 
 import http.client
@@ -25,50 +21,14 @@ from pathlib import Path
 from typing import Iterable, Literal, Optional, Sequence
 
 from jsonargparse import ArgumentParser
-from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from molar_lightning.data.image_check import image_problem
 from molar_lightning.data.sources.amazon import Amazon
 
-MISSING = "missing"
 FAILURES_FILE = "fetch_failures.tsv"
 PERMANENT_HTTP_ERRORS = (400, 401, 403, 404, 410)  # retrying these cannot help; try the item's next URL
 USER_AGENT = "molar-lightning-image-fetch/1 (+https://github.com/molar-lightning)"
-
-
-def image_problem(path: os.PathLike | str) -> Optional[str]:
-    """Why the file at ``path`` is not a usable image (:data:`MISSING` when absent), or None when it is.
-
-    Checks structure, never pixels: the format's signature at the start and, for JPEG, PNG, GIF and WebP,
-    the end marker that a complete file has (a download cut short lacks it). That costs one open and two
-    small reads, so a 300k-item catalogue is checked in seconds. Other formats are accepted when Pillow
-    recognises their header.
-    """
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(16)
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(size - 64, 0))
-            tail = handle.read()
-    except (FileNotFoundError, NotADirectoryError):
-        return MISSING
-    except OSError as error:
-        return f"unreadable ({error.strerror or error})"
-    if not head:
-        return "empty file"
-    if head.startswith(b"\xff\xd8\xff"):
-        return None if tail.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9") else "truncated JPEG (no end-of-image marker)"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return None if tail.endswith(b"IEND\xaeB`\x82") else "truncated PNG (no IEND chunk)"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return None if tail.rstrip(b"\x00").endswith(b";") else "truncated GIF (no trailer)"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return None if int.from_bytes(head[4:8], "little") + 8 <= size else "truncated WebP"
-    try:
-        with Image.open(path):
-            return None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return "not an image (unknown file signature)"
 
 
 @dataclass

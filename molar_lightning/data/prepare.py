@@ -27,7 +27,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
-from molar_lightning.data.image_fetch import MISSING, image_problem
+from molar_lightning.data.image_check import MISSING, image_problem
 from molar_lightning.data.raw import InteractionSource, RawDataError, RawInteractions
 
 FORMAT_VERSION = 1

@@ -1,5 +1,5 @@
-"""``molar data fetch-images`` and the image check, against a local HTTP server on 127.0.0.1: downloads,
-fallback URLs, retries, 404s, truncated bodies, resume, the failure summary; and the structural check."""
+"""``molar data fetch-images`` against a local HTTP server on 127.0.0.1: downloads, fallback URLs, retries, 404s,
+truncated bodies, resume, the failure summary."""
 
 import io
 import threading
@@ -10,20 +10,21 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from molar_lightning.cli import main
+from molar_lightning.commands import main
 from molar_lightning.data.datamodule import AmazonDataModule
-from molar_lightning.data.image_fetch import FAILURES_FILE, MISSING, fetch_images, image_problem
+from molar_lightning.data.image_check import image_problem
+from molar_lightning.data.image_fetch import FAILURES_FILE, fetch_images
 
 MAX_REQUESTS = 200  # a runaway retry loop hits this wall instead of hanging the suite
 
 
-def encoded(image_format: str, mode: str = "RGB") -> bytes:
+def jpeg() -> bytes:
     buffer = io.BytesIO()
-    Image.new(mode, (12, 8), "red" if mode == "RGB" else 1).save(buffer, image_format)
+    Image.new("RGB", (12, 8), "red").save(buffer, "JPEG")
     return buffer.getvalue()
 
 
-JPEG = encoded("JPEG")
+JPEG = jpeg()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -66,29 +67,6 @@ def server():
     httpd.shutdown()
     httpd.server_close()
     thread.join(timeout=5)
-
-
-@pytest.mark.parametrize("content, problem", [
-    (JPEG, None),
-    (encoded("PNG"), None),
-    (encoded("GIF", "P"), None),
-    (encoded("WEBP"), None),
-    (encoded("BMP"), None),  # no end marker to check: accepted because Pillow recognises the header
-    (JPEG[: len(JPEG) // 2], "truncated JPEG"),
-    (encoded("PNG")[:-20], "truncated PNG"),
-    (b"<html><body>Service Unavailable</body></html>", "not an image"),
-    (b"", "empty file"),
-], ids=["jpeg", "png", "gif", "webp", "bmp", "truncated-jpeg", "truncated-png", "html", "empty"])
-def test_image_problem(tmp_path: Path, content: bytes, problem) -> None:
-    path = tmp_path / "image.jpg"
-    path.write_bytes(content)
-    found = image_problem(path)
-    assert (found is None) if problem is None else found.startswith(problem)
-
-
-def test_image_problem_of_a_missing_file(tmp_path: Path) -> None:
-    assert image_problem(tmp_path / "nothing.jpg") == MISSING
-    assert image_problem(tmp_path / "no_folder" / "nothing.jpg") == MISSING
 
 
 def test_fetch_downloads_falls_back_retries_and_reports(server, tmp_path: Path) -> None:

@@ -24,14 +24,13 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from molar_lightning.batch import IGNORE_INDEX, AlignmentBatch
 from molar_lightning.data.catalog import ItemCatalog
 from molar_lightning.data.datamodule import SequentialDataModule
-from molar_lightning.data.item_inputs import pad_rows
+from molar_lightning.data.item_inputs import TOKEN_KEYS, pad_rows
 from molar_lightning.data.raw import InteractionSource
 
 IT_INSTRUCTION = "Describe this item in detail."
 SA_INSTRUCTION = "Write the description of the item with these attributes."
 UB_INSTRUCTION = "A user interacted with these items, in this order:"
 UB_QUESTION = "Which item will the user interact with next?"
-TOKEN_KEYS = ("input_ids", "mm_token_type_ids")
 
 
 class AlignmentProcessor(Protocol):
@@ -124,12 +123,6 @@ class AlignmentDataset(Dataset):
     def __len__(self) -> int:
         return len(self.examples)
 
-    def _fields_text(self, item_id: int, keep_description: bool) -> str:
-        fields = self.catalog.fields(item_id)
-        if not keep_description:
-            fields.pop("description", None)
-        return "".join(f"\n{key}: {value}" for key, value in fields.items())
-
     def render(self, example: AlignmentExample) -> tuple[list, str]:
         """Prompt segments (text, images, token ids) and the answer text."""
         catalog, cap = self.catalog, self.item_text_tokens
@@ -142,7 +135,7 @@ class AlignmentDataset(Dataset):
             return [image, IT_INSTRUCTION], catalog.fields(item)["description"]
         if example.mixture == "sa":
             (item,) = example.items
-            text = self.processor.text_ids(self._fields_text(item, keep_description=False), cap)
+            text = self.processor.text_ids(catalog.text(item, description=False), cap)
             return [SA_INSTRUCTION, text], catalog.fields(item)["description"]
         segments: list = [UB_INSTRUCTION]
         for position, item in enumerate(example.items, start=1):
@@ -150,7 +143,7 @@ class AlignmentDataset(Dataset):
             image = catalog.image(item)
             if image is not None:
                 segments.append(image)
-            segments.append(self.processor.text_ids(self._fields_text(item, keep_description=True), cap))
+            segments.append(self.processor.text_ids(catalog.text(item), cap))
         segments.append("\n" + UB_QUESTION)
         answer = "\n".join(catalog.fields(item).get("title", f"item {item}") for item in example.targets)
         return segments, answer
@@ -173,7 +166,7 @@ class AlignmentDataset(Dataset):
     def approximate_length(self, index: int) -> int:
         """Characters of the example's text plus a fixed cost per image; enough to group similar lengths."""
         example = self.examples[index]
-        return sum(len(self._fields_text(item, True)) + 200 * (self.catalog.image_path(item) is not None)
+        return sum(len(self.catalog.text(item)) + 200 * (self.catalog.image_path(item) is not None)
                    for item in example.items + example.targets)
 
 

@@ -23,6 +23,7 @@ from molar_lightning.batch import ItemBatch, TrainBatch
 from molar_lightning.data.catalog import ItemCatalog
 from molar_lightning.data.collate import collate_train
 
+# The keys of a processor's output that run along the tokens (padded or packed); the others are image tensors.
 TOKEN_KEYS = ("input_ids", "mm_token_type_ids")
 
 

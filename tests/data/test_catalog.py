@@ -1,4 +1,5 @@
-"""ItemCatalog: field order, empty fields skipped, the prompt text, images capped, bad images -> None."""
+"""ItemCatalog: field order, empty fields skipped, the prompt text, images capped, bad images -> None (also one
+that passes the structural image check but does not decode)."""
 
 from pathlib import Path
 
@@ -6,6 +7,7 @@ import pytest
 from PIL import Image
 
 from molar_lightning.data.catalog import ItemCatalog
+from molar_lightning.data.image_check import image_problem
 from molar_lightning.data.prepare import PrepareParams, prepare_dataset
 from molar_lightning.data.sources.movielens import MovieLens
 
@@ -28,6 +30,8 @@ def test_fields_in_order_and_empty_ones_skipped(catalog: ItemCatalog) -> None:
     assert "description" not in catalog.fields(2)
     assert catalog.text(1) == ("\ntitle: Toy Story (1995)\ngenres: Animation, Children's, Comedy"
                                "\ndescription: Toys come alive.")
+    assert catalog.text(1, description=False) == "\ntitle: Toy Story (1995)\ngenres: Animation, Children's, Comedy"
+    assert catalog.text(2, description=False) == catalog.text(2)  # no description to leave out
 
 
 def test_images_are_rgb_and_capped(catalog: ItemCatalog) -> None:
@@ -39,6 +43,18 @@ def test_images_are_rgb_and_capped(catalog: ItemCatalog) -> None:
 def test_missing_or_corrupt_images_give_none(catalog: ItemCatalog) -> None:
     assert catalog.image(2) is None  # unreadable file
     assert catalog.image(4) is None  # no poster
+
+
+def test_an_image_that_passes_the_check_but_does_not_decode_gives_none(ml1m_dir: Path, tmp_path: Path) -> None:
+    posters = ml1m_dir / "posters"
+    posters.mkdir()
+    Image.new("RGB", (10, 10), "blue").save(posters / "1.jpg")
+    (posters / "2.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00garbage" * 20 + b"\xff\xd9")  # markers, no image
+    assert image_problem(posters / "2.jpg") is None  # looks complete from outside
+    dataset = prepare_dataset(MovieLens(str(ml1m_dir), show_progress=False), str(tmp_path), PrepareParams())
+    catalog = ItemCatalog(dataset)
+    assert catalog.image_path(2) is not None and catalog.image(2) is None
+    assert catalog.image(1).size == (10, 10)
 
 
 def test_item_ids_are_checked(catalog: ItemCatalog) -> None:

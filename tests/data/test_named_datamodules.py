@@ -1,5 +1,5 @@
 """Amazon and PixelRec end to end: raw fixtures -> canonical data set (counts, id maps, chronology, split),
-item catalogue (text fields, image paths, prompts), and the spine's models trained from the shipped configs."""
+item catalogue (text fields, image paths, prompt text), and the spine's models trained from the shipped configs."""
 
 import csv
 import gzip
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from molar_lightning.cli import main
-from molar_lightning.data.catalog import ItemCatalog, PromptRenderer
+from molar_lightning.commands import main
+from molar_lightning.data.catalog import ItemCatalog
 from molar_lightning.data.datamodule import AmazonDataModule, PixelRecDataModule
 
 ROOT = Path(__file__).parents[2]
@@ -87,7 +87,7 @@ def test_every_amazon_release_prepares_the_same_sequences(amazon: AmazonDataModu
         assert other.dataset.items["title"] == amazon.dataset.items["title"]
 
 
-def test_amazon_catalog_fields_images_and_prompts(amazon: AmazonDataModule) -> None:
+def test_amazon_catalog_fields_images_and_text(amazon: AmazonDataModule) -> None:
     catalog = ItemCatalog(amazon.dataset, max_image_size=64)
     assert list(catalog.fields(1)) == ["title", "store", "categories", "features", "Department", "Material",
                                        "description"]
@@ -96,9 +96,8 @@ def test_amazon_catalog_fields_images_and_prompts(amazon: AmazonDataModule) -> N
     assert catalog.image_path(1).is_absolute() and catalog.image_path(1).name == "B000000001.jpg"
     assert catalog.image(1).size == (64, 32) and catalog.image(1).mode == "RGB"
     assert catalog.image_path(7) is None and catalog.image(7) is None  # truncated: text-only
-    short = ItemCatalog(amazon.dataset, prompt=PromptRenderer(fields=["title", "store", "description"], max_length=9))
-    assert short.prompt(1) == "\ntitle: Café Linen Shirt\nstore: Acme\ndescription: A café"
-    assert short.prompt(3) == "\ntitle: Silver Hoop Earrings\nstore: Lumen"  # no description to render
+    assert catalog.text(3).startswith("\ntitle: Silver Hoop Earrings\nstore: Lumen")
+    assert "description" not in catalog.fields(3) and catalog.text(3, description=False) == catalog.text(3)
 
 
 def test_pixelrec_canonical_data_set_and_catalog(pixelrec_dir: Path, tmp_path: Path) -> None:

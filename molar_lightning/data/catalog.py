@@ -5,8 +5,9 @@ structured attributes, then the description) with empty ones skipped, and :meth:
 one place they are rendered, as ``"\\n{key}: {value}"`` lines as in the Molar paper; it never cuts them,
 since the token budget is applied by whoever tokenizes the text (the authors' code cuts after tokenizing).
 Images are opened with Pillow, converted to RGB and capped in size. A missing or unreadable image yields
-``None`` (the item is then text-only), never an exception in a training loop: preparation already cleared the image path of items whose file failed the structural check
-(``image_policy``), and a file that passes it but does not decode is caught here.
+``None`` (the item is then text-only), never an exception in a training loop: preparation already cleared
+the image path of items whose file failed the structural check (``image_policy``), and a file that passes
+it but does not decode is caught here.
 """
 
 from functools import cached_property

@@ -25,7 +25,6 @@ from molar_lightning.batch import IGNORE_INDEX, AlignmentBatch
 from molar_lightning.data.catalog import ItemCatalog
 from molar_lightning.data.datamodule import SequentialDataModule
 from molar_lightning.data.item_inputs import TOKEN_KEYS, pad_rows
-from molar_lightning.data.raw import InteractionSource
 
 IT_INSTRUCTION = "Describe this item in detail."
 SA_INSTRUCTION = "Write the description of the item with these attributes."
@@ -217,18 +216,16 @@ class LengthBucketBatchSampler(BatchSampler):
                 yield batches[rank]
 
 
+@dataclass(kw_only=True, eq=False)
 class MIRMAlignmentDataModule(SequentialDataModule):
     """The IT / SA / UB mixtures of a prepared data set, for ``MIRMAlignmentModule``.
 
     The canonical data set is prepared and cached exactly as for the sequential models (same source,
-    filters and cache). The backbone's processor comes from the task: ``connect(processor)`` is called by
-    ``MIRMAlignmentModule.setup`` before any loader is built.
-
-    Every other argument is :class:`SequentialDataModule`'s (``cache_dir``, the filters, ``batch_size`` in
-    examples, also for validation, ``num_workers``, ...); ``molar fit --data.help MIRMAlignmentDataModule`` lists them.
+    filters and cache), and ``batch_size`` counts examples, also for validation. The backbone's processor
+    comes from the task: ``connect(processor)`` is called by ``MIRMAlignmentModule.setup`` before any loader
+    is built.
 
     Args:
-        source: the raw data set (a class from ``molar_lightning.data.sources``).
         image_text: use the IT mixture (item image -> description).
         structured_attributes: use the SA mixture (title + attributes -> description).
         user_behaviour: use the UB mixture (recent training items -> next item).
@@ -242,36 +239,23 @@ class MIRMAlignmentDataModule(SequentialDataModule):
         seed: seed of the example sampling and the validation split.
     """
 
-    def __init__(
-        self,
-        source: InteractionSource,
-        image_text: bool = True,
-        structured_attributes: bool = True,
-        user_behaviour: bool = True,
-        examples_per_mixture: int = 10_000,
-        ub_history: int = 5,
-        ub_targets: int = 1,
-        item_text_tokens: int = 64,
-        max_answer_tokens: int = 128,
-        val_fraction: float = 0.02,
-        max_image_size: int = 448,
-        seed: int = 0,
-        **kwargs,
-    ) -> None:
-        super().__init__(source=source, **kwargs)
-        if not (image_text or structured_attributes or user_behaviour):
+    image_text: bool = True
+    structured_attributes: bool = True
+    user_behaviour: bool = True
+    examples_per_mixture: int = 10_000
+    ub_history: int = 5
+    ub_targets: int = 1
+    item_text_tokens: int = 64
+    max_answer_tokens: int = 128
+    val_fraction: float = 0.02
+    max_image_size: int = 448
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (self.image_text or self.structured_attributes or self.user_behaviour):
             raise ValueError("every mixture is switched off; keep at least one of image_text, structured_attributes, "
                              "user_behaviour (skipping stage 1 altogether is 'w/o ALL': do not run it)")
-        self.mixtures = {"image_text": image_text, "structured_attributes": structured_attributes,
-                         "user_behaviour": user_behaviour}
-        self.examples_per_mixture = examples_per_mixture
-        self.ub_history = ub_history
-        self.ub_targets = ub_targets
-        self.item_text_tokens = item_text_tokens
-        self.max_answer_tokens = max_answer_tokens
-        self.val_fraction = val_fraction
-        self.max_image_size = max_image_size
-        self.seed = seed
         self.processor: Optional[AlignmentProcessor] = None
 
     def connect(self, processor: AlignmentProcessor) -> None:
@@ -286,9 +270,9 @@ class MIRMAlignmentDataModule(SequentialDataModule):
     def examples(self) -> dict[str, list[AlignmentExample]]:
         """``{"train": [...], "val": [...]}``: the sampled examples, split with the seed."""
         offsets, items = self.dataset.flat_sequences
-        examples = build_examples(self.catalog, offsets, items, **self.mixtures,
-                                  examples_per_mixture=self.examples_per_mixture, ub_history=self.ub_history,
-                                  ub_targets=self.ub_targets, seed=self.seed)
+        examples = build_examples(self.catalog, offsets, items, self.image_text, self.structured_attributes,
+                                  self.user_behaviour, examples_per_mixture=self.examples_per_mixture,
+                                  ub_history=self.ub_history, ub_targets=self.ub_targets, seed=self.seed)
         if not examples:
             raise ValueError(f"no alignment example could be built from {self.dataset.path}: IT and SA need items "
                              f"with a description (and an image for IT), UB users with 4+ interactions")

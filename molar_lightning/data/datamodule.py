@@ -1,12 +1,18 @@
 """``SequentialDataModule``: one class that prepares, splits and batches any source; named subclasses
 (``MovieLensDataModule``, ...) only choose the source and its defaults.
 
+They are dataclasses: a subclass declares its source's fields and the shared defaults it changes, builds its
+``source`` in ``__post_init__``, and the generated ``__init__`` lists every argument, so ``--help`` shows
+them all with their docstrings (the shared ones from ``SequentialDataModule``'s) with neither a ``**kwargs``
+pass-through nor a copied argument list.
+
 ``num_items`` and ``num_users`` are known right after construction (the canonical data set is prepared, or
 read from the cache, on first access), so the CLI can link them into the model's constructor.
 Validation and test loaders never repeat a user: under DDP each rank gets a disjoint shard and the
 ranking metrics count every user exactly once.
 """
 
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable, Literal, Optional
 
@@ -26,8 +32,9 @@ from molar_lightning.data.sources.movielens import MovieLens
 from molar_lightning.data.sources.pixelrec import PixelRec
 
 
+@dataclass(kw_only=True, eq=False)
 class SequentialDataModule(pl.LightningDataModule):
-    """Leave-one-out sequential recommendation data from any raw source.
+    """Leave-one-out sequential recommendation data from any raw source; its arguments are keyword-only.
 
     Args:
         source: the raw data set to read (a class from ``molar_lightning.data.sources``).
@@ -46,31 +53,24 @@ class SequentialDataModule(pl.LightningDataModule):
             (DuoRec's supervised view).
     """
 
-    def __init__(
-        self,
-        source: InteractionSource,
-        cache_dir: str = ".molar_cache",
-        rating_threshold: Optional[float] = None,
-        min_user_interactions: int = 0,
-        min_item_interactions: int = 0,
-        image_policy: Literal["text_only", "drop_item", "error"] = "text_only",
-        max_seq_len: int = 50,
-        batch_size: int = 128,
-        eval_batch_size: int = 512,
-        num_workers: int = 0,
-        same_target_positives: bool = False,
-    ) -> None:
+    source: InteractionSource
+    cache_dir: str = ".molar_cache"
+    rating_threshold: Optional[float] = None
+    min_user_interactions: int = 0
+    min_item_interactions: int = 0
+    image_policy: Literal["text_only", "drop_item", "error"] = "text_only"
+    max_seq_len: int = 50
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    num_workers: int = 0
+    same_target_positives: bool = False
+
+    def __post_init__(self) -> None:
         super().__init__()
-        if max_seq_len < 1:
-            raise ValueError(f"max_seq_len must be at least 1, got {max_seq_len}")
-        self.source = source
-        self.cache_dir = cache_dir
-        self.params = PrepareParams(rating_threshold, min_user_interactions, min_item_interactions, image_policy)
-        self.max_seq_len = max_seq_len
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.num_workers = num_workers
-        self.same_target_positives = same_target_positives
+        if self.max_seq_len < 1:
+            raise ValueError(f"max_seq_len must be at least 1, got {self.max_seq_len}")
+        self.params = PrepareParams(self.rating_threshold, self.min_user_interactions, self.min_item_interactions,
+                                    self.image_policy)
         # What turns training windows into a TrainBatch; end-to-end Molar swaps in one that also builds the item
         # encoder's inputs (molar_lightning.data.item_inputs.StepItemsCollate, set by ItemInputsCallback).
         self.train_collate: Callable = collate_train
@@ -129,11 +129,9 @@ class SequentialDataModule(pl.LightningDataModule):
         return self._eval_loader(self._held_out("predict"))
 
 
+@dataclass(eq=False)
 class MovieLensDataModule(SequentialDataModule):
     """MovieLens (ML-1M or ML-100K layout) with every rating kept as an implicit interaction, as Molar does.
-
-    Every other argument is :class:`SequentialDataModule`'s (``molar fit --data.help MovieLensDataModule``
-    lists them).
 
     Args:
         data_dir: folder with ``ratings.dat`` + ``movies.dat`` or ``u.data`` + ``u.item``.
@@ -141,15 +139,21 @@ class MovieLensDataModule(SequentialDataModule):
         variant: archive to download: ``ml-1m`` or ``ml-100k``.
     """
 
-    def __init__(self, data_dir: str, download: bool = False, variant: str = "ml-1m", **kwargs) -> None:
-        super().__init__(source=MovieLens(data_dir, download=download, variant=variant), **kwargs)
+    data_dir: str
+    download: bool = False
+    variant: str = "ml-1m"
+    source: InteractionSource = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.source = MovieLens(self.data_dir, download=self.download, variant=self.variant)
+        super().__post_init__()
 
 
+@dataclass(eq=False)
 class AmazonDataModule(SequentialDataModule):
     """One category of Amazon Reviews (2014, 2018 or 2023 release) with item text and images, 5-core by default.
 
-    Every rating counts as an interaction unless ``rating_threshold`` is set. Every other argument is
-    :class:`SequentialDataModule`'s (``molar fit --data.help AmazonDataModule`` lists them).
+    Every rating counts as an interaction unless ``rating_threshold`` is set.
 
     Args:
         data_dir: folder with the category's reviews file and metadata file.
@@ -163,21 +167,25 @@ class AmazonDataModule(SequentialDataModule):
         min_item_interactions: k-core threshold for items (5, the usual Amazon 5-core).
     """
 
-    def __init__(self, data_dir: str, category: str = "Clothing_Shoes_and_Jewelry",
-                 release: Literal[2014, 2018, 2023] = 2023, reviews_file: Optional[str] = None,
-                 meta_file: Optional[str] = None, image_dir: Optional[str] = "images",
-                 min_user_interactions: int = 5, min_item_interactions: int = 5, **kwargs) -> None:
-        source = Amazon(data_dir, category=category, release=release, reviews_file=reviews_file,
-                        meta_file=meta_file, image_dir=image_dir)
-        super().__init__(source=source, min_user_interactions=min_user_interactions,
-                         min_item_interactions=min_item_interactions, **kwargs)
+    data_dir: str
+    category: str = "Clothing_Shoes_and_Jewelry"
+    release: Literal[2014, 2018, 2023] = 2023
+    reviews_file: Optional[str] = None
+    meta_file: Optional[str] = None
+    image_dir: Optional[str] = "images"
+    min_user_interactions: int = field(default=5, kw_only=True)
+    min_item_interactions: int = field(default=5, kw_only=True)
+    source: InteractionSource = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.source = Amazon(self.data_dir, category=self.category, release=self.release,
+                             reviews_file=self.reviews_file, meta_file=self.meta_file, image_dir=self.image_dir)
+        super().__post_init__()
 
 
+@dataclass(eq=False)
 class PixelRecDataModule(SequentialDataModule):
     """PixelRec (the PixelRec50K sample by default, as Molar uses it) with item text and cover images.
-
-    Every other argument is :class:`SequentialDataModule`'s (``molar fit --data.help PixelRecDataModule``
-    lists them).
 
     Args:
         data_dir: folder with the interactions CSV, the item information CSV and the cover folder.
@@ -188,7 +196,13 @@ class PixelRecDataModule(SequentialDataModule):
         image_dir: folder of covers ``<item_id>.jpg``, relative to data_dir unless absolute; null for no images.
     """
 
-    def __init__(self, data_dir: str, interactions_file: str = "interaction.csv", items_file: str = "item_info.csv",
-                 image_dir: Optional[str] = "cover", **kwargs) -> None:
-        source = PixelRec(data_dir, interactions_file=interactions_file, items_file=items_file, image_dir=image_dir)
-        super().__init__(source=source, **kwargs)
+    data_dir: str
+    interactions_file: str = "interaction.csv"
+    items_file: str = "item_info.csv"
+    image_dir: Optional[str] = "cover"
+    source: InteractionSource = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.source = PixelRec(self.data_dir, interactions_file=self.interactions_file, items_file=self.items_file,
+                               image_dir=self.image_dir)
+        super().__post_init__()

@@ -1,12 +1,18 @@
-"""Windows, leave-one-out batches and the DataModule's loaders on the MovieLens fixture."""
+"""Windows, leave-one-out batches and the DataModule's loaders on the MovieLens fixture; every DataModule's
+signature lists all of its arguments (no ``**kwargs``), and construction still refuses bad values."""
 
+import inspect
 from collections import Counter
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 
-from molar_lightning.data.datamodule import MovieLensDataModule
+from molar_lightning.data import datamodule
+from molar_lightning.data.alignment import MIRMAlignmentDataModule
+from molar_lightning.data.datamodule import MovieLensDataModule, SequentialDataModule
+from molar_lightning.data.sources.movielens import MovieLens
 from molar_lightning.data.sequence_datasets import LeaveOneOutDataset, TrainWindowDataset
 
 # Two users: user 0 has 9 items, user 1 has 4 (items are just their positions, to read the cuts easily).
@@ -67,3 +73,35 @@ def test_datamodule_batches(ml1m_dir: Path, tmp_path: Path) -> None:
     assert first.item_seq.shape[0] == 5 and (first.history != 0).sum(1).min() >= 1
     for batch in batches:  # the validation target is never in the input window (no repeats in the fixture)
         assert not (batch.item_seq == batch.target[:, None]).any()
+
+
+DATAMODULES = [cls for cls in vars(datamodule).values() if isinstance(cls, type)
+               and issubclass(cls, pl.LightningDataModule) and cls.__module__ == datamodule.__name__]
+SHARED = [name for name in inspect.signature(SequentialDataModule).parameters if name != "source"]
+
+
+@pytest.mark.parametrize("cls", DATAMODULES + [MIRMAlignmentDataModule], ids=lambda cls: cls.__name__)
+def test_every_argument_is_in_the_signature(cls: type) -> None:
+    parameters = inspect.signature(cls).parameters
+    assert not any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+    assert set(SHARED) <= set(parameters)
+
+
+def test_named_datamodules_build_their_source_and_keep_train_collate_swappable(ml1m_dir: Path,
+                                                                               tmp_path: Path) -> None:
+    data = MovieLensDataModule(str(ml1m_dir), cache_dir=str(tmp_path))
+    assert "source" not in inspect.signature(MovieLensDataModule).parameters
+    assert isinstance(data.source, MovieLens) and data.source.data_dir == ml1m_dir
+    data.train_collate = collate = lambda samples: samples  # what end-to-end Molar does
+    assert data.train_dataloader().collate_fn is collate
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda folder: MovieLensDataModule(folder, max_seq_len=0), "max_seq_len must be at least 1, got 0"),
+    (lambda folder: MovieLensDataModule(folder, image_policy="drop"), "image_policy='drop' is not one of"),
+    (lambda folder: MIRMAlignmentDataModule(source=MovieLens(folder), image_text=False, structured_attributes=False,
+                                            user_behaviour=False), "every mixture is switched off"),
+], ids=["max-seq-len", "image-policy", "no-mixture"])
+def test_bad_values_are_refused_at_construction(build, message: str, ml1m_dir: Path) -> None:
+    with pytest.raises(ValueError, match=message):
+        build(str(ml1m_dir))

@@ -1,5 +1,6 @@
 """Amazon and PixelRec end to end: raw fixtures -> canonical data set (counts, id maps, chronology, split),
-item catalogue (text fields, image paths, prompt text), and the spine's models trained from the shipped configs."""
+item catalogue (text fields, image paths, prompt text), the spine's models trained from the shipped configs, and
+``--data.help`` listing each named DataModule's own and shared arguments with their docstrings."""
 
 import csv
 import gzip
@@ -135,13 +136,24 @@ def test_shipped_config_trains_on_the_fixture(dataset: str, model: str, amazon_d
     assert math.isfinite(float(metrics["ndcg@10"])) and 0 <= float(metrics["recall@10"]) <= 1
 
 
-@pytest.mark.parametrize("datamodule, own_argument", [
-    ("AmazonDataModule", "folder with the category's reviews file"),
-    ("PixelRecDataModule", "interactions CSV inside data_dir"),
-], ids=["amazon", "pixelrec"])
-def test_help_shows_own_and_forwarded_arguments(datamodule: str, own_argument: str, capsys) -> None:
-    with pytest.raises(SystemExit):
-        main(["fit", "--data.help", f"molar_lightning.data.datamodule.{datamodule}"])
-    text = capsys.readouterr().out
-    assert own_argument in text
-    assert "items whose image is missing" in text  # image_policy, forwarded to SequentialDataModule
+SHARED_ARGUMENTS = ("--data.cache_dir", "where prepared data sets are cached", "--data.max_seq_len",
+                    "most recent items a model sees", "--data.image_policy", "items whose image is missing")
+
+
+@pytest.mark.parametrize("datamodule, own_arguments", [
+    ("MovieLensDataModule", ("--data.data_dir", "folder with ``ratings.dat``", "--data.variant")),
+    ("molar_lightning.data.datamodule.AmazonDataModule",
+     ("--data.release", "folder with the category's reviews file", "k-core threshold for users (5, the usual")),
+    ("molar_lightning.data.datamodule.PixelRecDataModule",
+     ("--data.interactions_file", "interactions CSV inside data_dir")),
+    ("molar_lightning.data.alignment.MIRMAlignmentDataModule",
+     ("--data.examples_per_mixture", "examples sampled from each mixture", "--data.source", "the raw data set")),
+], ids=["movielens-short-name", "amazon", "pixelrec", "mirm-alignment"])
+def test_help_shows_own_and_shared_arguments_with_their_docs(datamodule: str, own_arguments: tuple[str, ...],
+                                                              capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--data.help", datamodule])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # help wraps lines
+    for expected in own_arguments + SHARED_ARGUMENTS:
+        assert expected in text

@@ -3,8 +3,8 @@
 DUEG, the Dynamic User Embedding Generator of Molar (Luo et al., arXiv 2412.18176, Section 3.3): a
 decoder-only LLM reads the MIRM item embeddings of a user's history through ``inputs_embeds``, causally, and
 its last hidden state after each position is the user embedding that predicts the next item (HLLM's user
-LLM, arXiv 2409.12740). :class:`SASRecUserEncoder` and :class:`GRU4RecUserEncoder` put the SASRec and GRU4Rec
-blocks of ``models/id`` in the LLM's place. All three follow the idea of
+LLM, arXiv 2409.12740). :class:`SASRecUserEncoder` and :class:`GRU4RecUserEncoder` put SASRec's transformer
+and GRU4Rec's GRU in the LLM's place. All three follow the idea of
 :class:`~molar_lightning.models.protocol.SequenceEncoder` with embeddings instead of ids: inputs are
 ``item_embs [B, L, D]`` (left-padded) and ``mask [B, L]``, outputs live in the same ``D``-dimensional space as
 the item embeddings, so a user is scored against an item by comparing the two directly.
@@ -16,7 +16,11 @@ import torch
 from torch import nn
 
 from molar_lightning.models.backbones import DEFAULT_LORA_TARGETS, Finetuning, load_backbone
-from molar_lightning.models.id.sasrec import SASRec
+from molar_lightning.models.transformer import CausalTransformer, rename_legacy_keys
+
+# Checkpoints written before SASRecUserEncoder used CausalTransformer held a whole SASRec under `sasrec.`,
+# whose id table had been swapped for the input projection.
+LEGACY_KEYS = {"sasrec.item_embedding.": "input_projection.", "sasrec.": "transformer."}
 
 
 @runtime_checkable
@@ -119,8 +123,9 @@ class LLMUserEncoder(nn.Module):
 class SASRecUserEncoder(nn.Module):
     """SASRec over item embeddings (Figure 3's SASRec-style user model; "SASRec+BERT" with text embeddings).
 
-    The transformer is :class:`~molar_lightning.models.id.sasrec.SASRec` itself, with its id embedding table
-    replaced by a linear map from item embeddings, so masking, positions and blocks are SASRec's.
+    A linear map takes item embeddings into SASRec's transformer
+    (:class:`~molar_lightning.models.transformer.CausalTransformer`, so masking, positions and blocks are
+    SASRec's), and another maps its states back into the item embedding space.
 
     Args:
         input_size: width of the item embeddings.
@@ -138,19 +143,19 @@ class SASRecUserEncoder(nn.Module):
                  attention_dropout: float = 0.2) -> None:
         super().__init__()
         self.input_size = input_size
-        self.sasrec = SASRec(num_items=0, max_seq_len=max_seq_len, hidden_size=hidden_size, num_layers=num_layers,
-                             num_heads=num_heads, inner_size=inner_size, dropout=dropout,
-                             attention_dropout=attention_dropout)
-        self.sasrec.item_embedding = nn.Linear(input_size, hidden_size)  # SASRec looks its inputs up through this
+        self.input_projection = nn.Linear(input_size, hidden_size)
+        self.transformer = CausalTransformer(max_seq_len, hidden_size, num_layers, num_heads, inner_size, dropout,
+                                             attention_dropout, layer_norm_eps=1e-12, initializer_range=0.02)
         self.output_projection = nn.Linear(hidden_size, input_size)
+        rename_legacy_keys(self, LEGACY_KEYS)
 
     def sequence_states(self, item_embs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``item_embs [B, L, D]`` left-padded, ``mask [B, L]`` -> ``[B, L, D]``."""
-        return self.output_projection(self.sasrec.sequence_states(item_embs, mask))
+        return self.output_projection(self.transformer(self.input_projection(item_embs), mask))
 
     def encode_sequence(self, item_embs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """User embedding after the whole sequence: ``[B, D]``."""
-        return self.output_projection(self.sasrec.encode_sequence(item_embs, mask))
+        return self.output_projection(self.transformer(self.input_projection(item_embs), mask, last_only=True)[:, -1])
 
 
 class GRU4RecUserEncoder(nn.Module):

@@ -107,7 +107,7 @@ def test_auxiliary_loss_is_positive_and_trains_the_encoder(model, batch, with_po
     loss.backward()
     assert loss.ndim == 0 and bool(torch.isfinite(loss)) and loss.item() > 0
     assert float(model.item_embedding.weight.grad.abs().sum()) > 0
-    assert float(model.blocks[0].qkv.weight.grad.abs().sum()) > 0
+    assert float(model.transformer.blocks[0].qkv.weight.grad.abs().sum()) > 0
 
 
 def test_zero_weight_gives_zero_loss(synthetic, batch) -> None:

@@ -1,13 +1,19 @@
-"""Next-item losses shared by every task.
+"""Losses shared by every task: next-item losses, and the auxiliary losses of ID models.
 
-Each loss scores user states against the item table and takes the same three arguments, so a task
+Each next-item loss scores user states against the item table and takes the same three arguments, so a task
 switches loss by configuration (``loss: {class_path: molar_lightning.losses.BPRLoss}``) and never by a
-string inside a model. Item id 0 is padding: it is never a positive and never a negative.
+string inside a model. Item id 0 is padding: it is never a positive and never a negative. An ID model's
+auxiliary loss (DuoRec's :class:`DuoRecContrastiveLoss`) is the model's ``auxiliary_loss`` attribute, so
+every task that trains the model adds it.
 """
+
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from molar_lightning.models.protocol import IDSequenceEncoder
 
 
 class FullSoftmaxCrossEntropy(nn.Module):
@@ -202,3 +208,100 @@ class UserAlignmentLoss(nn.Module):
         logits = F.normalize(content, dim=-1) @ F.normalize(collaborative, dim=-1).T / self.temperature
         labels = torch.arange(len(logits), device=logits.device)
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def info_nce(
+    first: torch.Tensor,
+    second: torch.Tensor,
+    temperature: float,
+    similarity: Literal["dot", "cos"],
+    targets: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """InfoNCE over ``2B`` views with in-batch negatives (SimCLR's NT-Xent, as DuoRec computes it).
+
+    Row ``b`` of ``first`` and row ``b`` of ``second`` are a positive pair; each of the ``2B`` views has
+    the other ``2B - 2`` views as negatives, minus those whose sequence has the same target as its own,
+    since DuoRec's supervised signal calls such sequences positives.
+
+    Args:
+        first: ``[B, D]`` one view of each sequence.
+        second: ``[B, D]`` the other view.
+        temperature: logits are similarities divided by this.
+        similarity: ``"dot"`` product or ``"cos"`` ine similarity.
+        targets: ``[B]`` next item of each sequence; ``None`` keeps all ``2B - 2`` negatives.
+
+    Returns:
+        The mean cross entropy over the ``2B`` views, a scalar.
+    """
+    views = torch.cat([first, second])
+    if similarity == "cos":
+        views = F.normalize(views, dim=-1)
+    logits = views @ views.T / temperature
+    count = views.shape[0]
+    index = torch.arange(count, device=views.device)
+    partner = (index + first.shape[0]) % count
+    excluded = index[:, None] == index[None, :]
+    if targets is not None:
+        both = targets.repeat(2)
+        excluded = excluded | (both[:, None] == both[None, :])
+    excluded[index, partner] = False
+    return F.cross_entropy(logits.masked_fill(excluded, float("-inf")), partner)
+
+
+class DuoRecContrastiveLoss(nn.Module):
+    """DuoRec's contrastive regulariser against representation degeneration (Qiu et al., WSDM 2022).
+
+    Pulls together two views of each training sequence, a second dropout pass (unsupervised view) and another
+    sequence with the same next item (supervised view), against every other view in the batch
+    (:func:`info_nce`). :class:`~molar_lightning.models.id.duorec.DuoRec` builds it from its arguments as its
+    ``auxiliary_loss``; it holds no weights, and runs the second pass through the encoder it is given, so it
+    must be called in training mode for dropout to make a second view.
+
+    Args:
+        weight: multiplies the contrastive loss before it joins the next-item loss (the paper's lambda).
+        temperature: divides the similarities.
+        similarity: ``dot`` product or ``cos`` ine similarity between views.
+    """
+
+    def __init__(self, weight: float = 0.1, temperature: float = 1.0,
+                 similarity: Literal["dot", "cos"] = "cos") -> None:
+        super().__init__()
+        if similarity not in ("dot", "cos"):
+            raise ValueError(f"similarity must be 'dot' or 'cos', got {similarity!r}")
+        self.weight = weight
+        self.temperature = temperature
+        self.similarity = similarity
+
+    def forward(
+        self,
+        encoder: IDSequenceEncoder,
+        item_seq: torch.Tensor,
+        mask: torch.Tensor,
+        user_repr: torch.Tensor,
+        positive_seq: Optional[torch.Tensor] = None,
+        targets: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Weighted contrastive loss of one training batch.
+
+        With ``positive_seq``, the pair is (second dropout pass of ``item_seq``, pass of ``positive_seq``),
+        as the authors' ``us_x`` setting; without it, the pair is (``user_repr``, second dropout pass), the
+        unsupervised view alone.
+
+        Args:
+            encoder: the ID model being trained; both passes go through its ``encode_sequence``.
+            item_seq: ``[B, L]`` the main pass's input, left-padded.
+            mask: ``[B, L]`` bool, True at real items.
+            user_repr: ``[B, D]`` last-position state of the main pass.
+            positive_seq: ``[B, L]`` a training sequence with the same last target per row, or ``None``.
+            targets: ``[B]`` last target of each row (``target_seq[:, -1]``); rows sharing it are not
+                used as each other's negatives. ``None`` keeps every in-batch negative.
+
+        Returns:
+            A scalar, already multiplied by ``weight``.
+        """
+        dropout_view = encoder.encode_sequence(item_seq, mask)
+        if positive_seq is None:
+            first, second = user_repr, dropout_view
+        else:
+            first, second = dropout_view, encoder.encode_sequence(positive_seq, positive_seq != 0)
+        return self.weight * info_nce(first, second, self.temperature, self.similarity, targets)

@@ -4,13 +4,13 @@ DUEG, the Dynamic User Embedding Generator of Molar (Luo et al., arXiv 2412.1817
 decoder-only LLM reads the MIRM item embeddings of a user's history through ``inputs_embeds``, causally, and
 its last hidden state after each position is the user embedding that predicts the next item (HLLM's user
 LLM, arXiv 2409.12740). :class:`SASRecUserEncoder` and :class:`GRU4RecUserEncoder` put SASRec's transformer
-and GRU4Rec's GRU in the LLM's place. All three follow the idea of
-:class:`~molar_lightning.models.protocol.SequenceEncoder` with embeddings instead of ids: inputs are
-``item_embs [B, L, D]`` (left-padded) and ``mask [B, L]``, outputs live in the same ``D``-dimensional space as
-the item embeddings, so a user is scored against an item by comparing the two directly.
+and GRU4Rec's GRU in the LLM's place. All three are
+:class:`~molar_lightning.models.protocol.ContentSequenceEncoder`\ s: inputs are ``item_embs [B, L, D]``
+(left-padded) and ``mask [B, L]``, outputs live in the same ``D``-dimensional space as the item embeddings, so
+a user is scored against an item by comparing the two directly.
 """
 
-from typing import Optional, Protocol, runtime_checkable
+from typing import Optional
 
 import torch
 from torch import nn
@@ -21,22 +21,6 @@ from molar_lightning.models.transformer import CausalTransformer, rename_legacy_
 # Checkpoints written before SASRecUserEncoder used CausalTransformer held a whole SASRec under `sasrec.`,
 # whose id table had been swapped for the input projection.
 LEGACY_KEYS = {"sasrec.item_embedding.": "input_projection.", "sasrec.": "transformer."}
-
-
-@runtime_checkable
-class UserEncoder(Protocol):
-    """Item embedding sequence in, user embedding (in the item embedding space) after every position out."""
-
-    input_size: int
-
-    def sequence_states(self, item_embs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``item_embs [B, L, D]`` left-padded, ``mask [B, L]`` bool -> ``[B, L, D]``; row ``t`` depends only
-        on positions ``<= t`` and predicts item ``t + 1``."""
-        ...
-
-    def encode_sequence(self, item_embs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """User embedding after the whole sequence: ``[B, D]``."""
-        ...
 
 
 class LLMUserEncoder(nn.Module):

@@ -3,7 +3,7 @@ ID model.
 
 The content path is a user encoder (DUEG, or a SASRec/GRU4Rec-style one) over item embeddings, trained on
 next-item prediction at every position (InfoNCE by default, the paper's sampled BCE as an option). The
-collaborative path is an ID model (any :class:`~molar_lightning.models.protocol.SequenceEncoder`, SASRec by
+collaborative path is an ID model (any :class:`~molar_lightning.models.protocol.IDSequenceEncoder`, SASRec by
 default) loaded from a :class:`~molar_lightning.tasks.sequential.SequentialRecModule` checkpoint and frozen,
 or trained jointly. Post-alignment adds ``align_weight`` times a symmetric InfoNCE between each user's
 content and ID embeddings (:class:`~molar_lightning.losses.UserAlignmentLoss`); ``align_weight: 0`` is the
@@ -27,7 +27,9 @@ from torch import nn
 
 from molar_lightning.batch import EvalBatch, ItemBatch, TrainBatch
 from molar_lightning.losses import ContentInfoNCELoss, FullSoftmaxCrossEntropy, UserAlignmentLoss
+from molar_lightning.models.protocol import ContentSequenceEncoder, IDSequenceEncoder
 from molar_lightning.tasks.ranking_task import RankingTask
+from molar_lightning.tasks.sequential import add_auxiliary_loss
 
 CACHE_FILE = "embeddings.safetensors"
 
@@ -92,7 +94,8 @@ class MolarModule(RankingTask):
         id_tokens: CoLLM-style input: after each item's content embedding the user model also reads that item's
             ID-model embedding (through a trainable linear map), so it sees ``2 L`` tokens; needs ``encoder``.
         encoder_checkpoint: a ``SequentialRecModule`` checkpoint whose ``encoder.*`` weights the ID model loads.
-        train_encoder: train the ID model jointly with its own next-item loss added; by default it is frozen.
+        train_encoder: train the ID model jointly with its own next-item loss (and its ``auxiliary_loss``, e.g.
+            DuoRec's regulariser) added; by default it is frozen.
         encoder_loss: the ID model's next-item loss when ``train_encoder``; null means full-softmax CE.
         align_weight: alpha, the weight of the post-alignment loss; 0 is "w/o CL".
         align_temperature: tau of the post-alignment InfoNCE.
@@ -111,8 +114,8 @@ class MolarModule(RankingTask):
 
     def __init__(
         self,
-        user_encoder: nn.Module,
-        encoder: Optional[nn.Module] = None,
+        user_encoder: ContentSequenceEncoder,
+        encoder: Optional[IDSequenceEncoder] = None,
         item_embeddings: Optional[Union[str, list[str]]] = None,
         item_encoder: Optional[nn.Module] = None,
         item_adapter: Optional[nn.Module] = None,
@@ -300,7 +303,7 @@ class MolarModule(RankingTask):
                 id_loss = self.encoder_loss(id_states[has_target], batch.target_seq[has_target],
                                             self.encoder.item_embeddings())
                 self.log("train/encoder_loss", id_loss)
-                loss = loss + id_loss
+                loss = add_auxiliary_loss(self, self.encoder, batch, id_states, loss + id_loss)
                 id_users = id_states[:, -1]
             else:
                 with torch.no_grad():

@@ -2,25 +2,48 @@
 
 Training is causal next-item prediction at every position of a window. Validation and test hand the user
 and item embeddings to :class:`~molar_lightning.callbacks.evaluation.RankingEvaluationCallback`, which
-ranks all items; prediction returns each user's top-k items for serving.
+ranks all items; prediction returns each user's top-k items for serving. The ID model's own regulariser
+(its ``auxiliary_loss``, DuoRec's) joins the loss through :func:`add_auxiliary_loss`, which ``MolarModule``
+also calls when it trains the ID model.
 """
 
 from typing import Optional
 
 import torch
+from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from molar_lightning.batch import EvalBatch, TrainBatch
 from molar_lightning.losses import FullSoftmaxCrossEntropy
+from molar_lightning.models.protocol import IDSequenceEncoder
 from molar_lightning.tasks.ranking_task import RankingTask
 
 
-class SequentialRecModule(RankingTask):
-    """Next-item training of any :class:`~molar_lightning.models.protocol.SequenceEncoder`.
+def add_auxiliary_loss(task: LightningModule, encoder: IDSequenceEncoder, batch: TrainBatch, states: torch.Tensor,
+                       loss: torch.Tensor) -> torch.Tensor:
+    """``loss`` plus ``encoder.auxiliary_loss`` on this training batch when the encoder has one (logged as
+    ``train/auxiliary_loss``), so the regulariser applies wherever the ID model trains.
 
-    An encoder with an ``auxiliary_loss`` method (DuoRec's contrastive regulariser) gets it added to the
-    next-item loss.
+    Args:
+        task: the LightningModule that logs it.
+        encoder: the ID model, in training mode.
+        batch: the training batch ``states`` were computed from.
+        states: ``[B, L, D]`` ``encoder.sequence_states`` of ``batch``.
+        loss: the loss so far, a scalar.
+    """
+    if encoder.auxiliary_loss is None:
+        return loss
+    extra = encoder.auxiliary_loss(encoder, batch.item_seq, batch.mask, states[:, -1], batch.positive_seq,
+                                   batch.target_seq[:, -1])
+    task.log("train/auxiliary_loss", extra)
+    return loss + extra
+
+
+class SequentialRecModule(RankingTask):
+    """Next-item training of any :class:`~molar_lightning.models.protocol.IDSequenceEncoder`.
+
+    An encoder's ``auxiliary_loss`` (DuoRec's contrastive regulariser) is added to the next-item loss.
 
     Args:
         encoder: the sequence model (SASRec, GRU4Rec, FPMC, DuoRec, ...).
@@ -32,7 +55,7 @@ class SequentialRecModule(RankingTask):
 
     def __init__(
         self,
-        encoder: nn.Module,
+        encoder: IDSequenceEncoder,
         loss: Optional[nn.Module] = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
@@ -53,12 +76,7 @@ class SequentialRecModule(RankingTask):
         has_target = batch.target_seq != 0
         loss = self.loss(states[has_target], batch.target_seq[has_target], self.encoder.item_embeddings())
         self.log("train/next_item_loss", loss)
-        auxiliary_loss = getattr(self.encoder, "auxiliary_loss", None)
-        if auxiliary_loss is not None:
-            extra = auxiliary_loss(batch.item_seq, batch.mask, states[:, -1], batch.positive_seq,
-                                   targets=batch.target_seq[:, -1])
-            self.log("train/auxiliary_loss", extra)
-            loss = loss + extra
+        loss = add_auxiliary_loss(self, self.encoder, batch, states, loss)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

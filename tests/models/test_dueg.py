@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from molar_lightning.models.dueg import GRU4RecUserEncoder, LLMUserEncoder, SASRecUserEncoder, UserEncoder
+from molar_lightning.models.dueg import GRU4RecUserEncoder, LLMUserEncoder, SASRecUserEncoder
+from molar_lightning.models.protocol import ContentSequenceEncoder
 
 WIDTH = 16
 
@@ -30,7 +31,7 @@ def left_padded(embs: torch.Tensor, padding: int) -> tuple[torch.Tensor, torch.T
 @pytest.mark.parametrize("kind", ["llm", "sasrec", "gru4rec"])
 def test_states_are_causal_and_blind_to_left_padding(kind: str, tiny_qwen2_dir: Path) -> None:
     encoder = build(kind, tiny_qwen2_dir).eval()
-    assert isinstance(encoder, UserEncoder)
+    assert isinstance(encoder, ContentSequenceEncoder)
     embs = torch.randn(2, 5, WIDTH)
     with torch.no_grad():
         plain = encoder.sequence_states(*left_padded(embs, 0))

@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import save_file
 
@@ -19,6 +20,7 @@ from molar_lightning.data.datamodule import MovieLensDataModule
 from molar_lightning.data.synthetic import write_movielens
 from molar_lightning.losses import ContentInfoNCELoss, EmbeddingCollapseError, SampledBCELoss
 from molar_lightning.models.dueg import SASRecUserEncoder
+from molar_lightning.models.id.duorec import DuoRec
 from molar_lightning.models.id.sasrec import SASRec
 from molar_lightning.models.mirm import MultimodalItemEncoder
 from molar_lightning.tasks.mirm_alignment import MIRMAlignmentModule
@@ -126,6 +128,34 @@ def test_id_model_loads_from_a_sequential_checkpoint_and_trains_jointly_on_reque
     with pytest.raises(ValueError, match="no encoder"):
         torch.save({"state_dict": {"user_encoder.x": torch.zeros(1)}}, tmp_path / "other.ckpt")
         molar(datamodule, item_file, encoder_checkpoint=str(tmp_path / "other.ckpt"))
+
+
+def test_a_jointly_trained_duorec_adds_its_contrastive_loss(datamodule, item_file: str, monkeypatch) -> None:
+    """DuoRec's regulariser applies wherever the ID model trains, here inside Molar; without dropout its two
+    views are the same pass, so its value is 0.1 x an InfoNCE computed by hand over the 2B views."""
+    torch.manual_seed(1)
+    duorec = DuoRec(datamodule.num_items, max_seq_len=10, hidden_size=8, num_heads=2, inner_size=16, dropout=0.0,
+                    attention_dropout=0.0)
+    module = molar(datamodule, item_file, encoder=duorec, train_encoder=True, align_weight=0.0).train()
+    full = a_batch(datamodule)
+    batch = TrainBatch(full.item_seq[:3], full.target_seq[:3], full.user_ids[:3])
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **options: logged.update({name: value}))
+    loss = module.training_step(batch, 0)
+
+    with torch.no_grad():
+        user = F.normalize(duorec.encode_sequence(batch.item_seq, batch.mask), dim=-1)
+    views, targets = torch.cat([user, user]), batch.target_seq[:, -1].repeat(2)
+    assert len(set(targets.tolist())) > 1  # some views are negatives, so the loss is not trivially 0
+    terms = []
+    for row in range(6):  # each view: its partner (the same user's other view) against every other-target view
+        partner = (row + 3) % 6
+        negatives = [col for col in range(6) if col not in (row, partner) and targets[col] != targets[row]]
+        logits = views[row] @ views[[partner] + negatives].T / 1.0
+        terms.append(-torch.log_softmax(logits, 0)[0])
+    torch.testing.assert_close(logged["train/auxiliary_loss"].detach(), 0.1 * torch.stack(terms).mean())
+    parts = logged["train/next_item_loss"] + logged["train/encoder_loss"] + logged["train/auxiliary_loss"]
+    torch.testing.assert_close(loss, parts)
 
 
 def test_collapsed_item_embeddings_stop_training(datamodule, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from molar_lightning.callbacks.evaluation import RankingEvaluationCallback
 from molar_lightning.cli import build_cli, main
 from molar_lightning.data.datamodule import MovieLensDataModule
 from molar_lightning.data.synthetic import write_movielens
+from molar_lightning.models.id.duorec import DuoRec
 from molar_lightning.models.id.sasrec import SASRec
 from molar_lightning.tasks.sequential import SequentialRecModule
 
@@ -114,6 +115,27 @@ def test_plain_python_checkpoints_load_with_weights_only(ml1m_dir: Path, tmp_pat
                                                        encoder=SASRec(data.num_items, max_seq_len=8))
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(rebuilt.state_dict()[name], tensor)
+
+
+def test_duorec_adds_its_contrastive_loss_to_the_next_item_loss(ml1m_dir: Path, tmp_path: Path,
+                                                                monkeypatch) -> None:
+    data = MovieLensDataModule(str(ml1m_dir), cache_dir=str(tmp_path / "cache"), max_seq_len=8,
+                               same_target_positives=True)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    torch.manual_seed(0)
+    encoder = DuoRec(data.num_items, max_seq_len=8, dropout=0.0, attention_dropout=0.0)
+    module = SequentialRecModule(encoder).train()
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **options: logged.update({name: value}))
+    loss = module.training_step(batch, 0)
+    with torch.no_grad():  # without dropout the views are deterministic: the same call gives the same value
+        user = encoder.encode_sequence(batch.item_seq, batch.mask)
+        expected = encoder.auxiliary_loss(encoder, batch.item_seq, batch.mask, user, batch.positive_seq,
+                                          batch.target_seq[:, -1])
+    assert batch.positive_seq is not None and expected > 0
+    torch.testing.assert_close(logged["train/auxiliary_loss"].detach(), expected)
+    torch.testing.assert_close(loss, logged["train/next_item_loss"] + logged["train/auxiliary_loss"])
 
 
 def test_prediction_excludes_history_and_is_sorted(synthetic_dir: Path, tmp_path: Path) -> None:

@@ -2,68 +2,30 @@
 
 Qiu, Huang, Yin & Wang, "Contrastive Learning for Representation Degeneration Problem in Sequential
 Recommendation", WSDM 2022 (reference code: github.com/RuihongQiu/DuoRec, ``contrast=us_x``). The
-encoder is SASRec unchanged; the regulariser pulls together two views of each training sequence, a
-second dropout pass (unsupervised view) and another sequence with the same next item (supervised view),
-against every other view in the batch.
+encoder is SASRec unchanged; the regulariser, :class:`~molar_lightning.losses.DuoRecContrastiveLoss`,
+pulls together two views of each training sequence, a second dropout pass (unsupervised view) and another
+sequence with the same next item (supervised view), against every other view in the batch. This class only
+carries its settings, so that a config or checkpoint naming DuoRec trains with it wherever the model trains.
 """
 
-from typing import Literal, Optional
+from typing import Literal
 
-import torch
-import torch.nn.functional as F
-
+from molar_lightning.losses import DuoRecContrastiveLoss
 from molar_lightning.models.id.sasrec import SASRec
 
 
-def info_nce(
-    first: torch.Tensor,
-    second: torch.Tensor,
-    temperature: float,
-    similarity: Literal["dot", "cos"],
-    targets: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """InfoNCE over ``2B`` views with in-batch negatives (SimCLR's NT-Xent, as DuoRec computes it).
-
-    Row ``b`` of ``first`` and row ``b`` of ``second`` are a positive pair; each of the ``2B`` views has
-    the other ``2B - 2`` views as negatives, minus those whose sequence has the same target as its own,
-    since DuoRec's supervised signal calls such sequences positives.
-
-    Args:
-        first: ``[B, D]`` one view of each sequence.
-        second: ``[B, D]`` the other view.
-        temperature: logits are similarities divided by this.
-        similarity: ``"dot"`` product or ``"cos"`` ine similarity.
-        targets: ``[B]`` next item of each sequence; ``None`` keeps all ``2B - 2`` negatives.
-
-    Returns:
-        The mean cross entropy over the ``2B`` views, a scalar.
-    """
-    views = torch.cat([first, second])
-    if similarity == "cos":
-        views = F.normalize(views, dim=-1)
-    logits = views @ views.T / temperature
-    count = views.shape[0]
-    index = torch.arange(count, device=views.device)
-    partner = (index + first.shape[0]) % count
-    excluded = index[:, None] == index[None, :]
-    if targets is not None:
-        both = targets.repeat(2)
-        excluded = excluded | (both[:, None] == both[None, :])
-    excluded[index, partner] = False
-    return F.cross_entropy(logits.masked_fill(excluded, float("-inf")), partner)
-
-
 class DuoRec(SASRec):
-    """SASRec with DuoRec's contrastive regulariser (DuoRec in the paper).
+    """SASRec with DuoRec's contrastive regulariser as its ``auxiliary_loss`` (DuoRec in the paper).
 
-    Scoring is SASRec's; the task adds :meth:`auxiliary_loss` to the next-item loss. Weight and temperature
+    Scoring is SASRec's; the tasks add ``auxiliary_loss`` to the next-item loss. Weight and temperature
     follow the authors' ``duorec.sh`` (``lmd_sem=0.1``, ``tau=1``); the similarity defaults to cosine, not
     their dot product. With causal training over every position here, dot products of LayerNorm'd 64-dim
     states (about 64 at temperature 1) made the contrastive term dominate: on MovieLens-100K, validation
     NDCG@10 after 6 epochs was 0.028 with ``dot`` against 0.089 with ``cos`` and 0.087 for plain SASRec.
 
-    Every SASRec argument (``hidden_size``, ``dropout``, ...) is accepted and forwarded; ``dropout`` also
-    makes the unsupervised view, so 0 turns that view into a copy.
+    ``dropout`` also makes the unsupervised view, so 0 turns that view into a copy. The SASRec arguments are
+    listed again, not forwarded as ``**kwargs``, so that ``--help`` shows them and the CLI links only the data
+    sizes DuoRec takes.
 
     Args:
         num_items: number of items ``N``; ids run ``1..N`` and 0 is padding.
@@ -71,6 +33,15 @@ class DuoRec(SASRec):
             (the paper's lambda); 0 trains plain SASRec.
         temperature: divides the similarities inside the contrastive loss.
         similarity: ``dot`` product or ``cos`` ine similarity between views.
+        max_seq_len: longest history the position table covers; longer inputs are rejected.
+        hidden_size: width of item embeddings and of the transformer.
+        num_layers: number of transformer blocks.
+        num_heads: attention heads per block; must divide ``hidden_size``.
+        inner_size: width of the feed-forward layer inside each block.
+        dropout: dropout on the embeddings, the attention output and the feed-forward output.
+        attention_dropout: dropout on the attention probabilities.
+        layer_norm_eps: epsilon of every LayerNorm.
+        initializer_range: standard deviation of the normal init of embeddings and linear weights.
     """
 
     def __init__(
@@ -79,43 +50,18 @@ class DuoRec(SASRec):
         contrastive_weight: float = 0.1,
         temperature: float = 1.0,
         similarity: Literal["dot", "cos"] = "cos",
-        **kwargs,
+        max_seq_len: int = 50,
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        num_heads: int = 2,
+        inner_size: int = 256,
+        dropout: float = 0.5,
+        attention_dropout: float = 0.5,
+        layer_norm_eps: float = 1e-12,
+        initializer_range: float = 0.02,
     ) -> None:
-        super().__init__(num_items, **kwargs)
-        if similarity not in ("dot", "cos"):
-            raise ValueError(f"similarity must be 'dot' or 'cos', got {similarity!r}")
-        self.contrastive_weight = contrastive_weight
-        self.temperature = temperature
-        self.similarity = similarity
-
-    def auxiliary_loss(
-        self,
-        item_seq: torch.Tensor,
-        mask: torch.Tensor,
-        user_repr: torch.Tensor,
-        positive_seq: Optional[torch.Tensor] = None,
-        targets: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """Weighted contrastive loss of one training batch; call it in training mode.
-
-        With ``positive_seq``, the pair is (second dropout pass of ``item_seq``, pass of ``positive_seq``),
-        as the authors' ``us_x`` setting; without it, the pair is (``user_repr``, second dropout pass), the
-        unsupervised view alone.
-
-        Args:
-            item_seq: ``[B, L]`` the main pass's input, left-padded.
-            mask: ``[B, L]`` bool, True at real items.
-            user_repr: ``[B, D]`` last-position state of the main pass.
-            positive_seq: ``[B, L]`` a training sequence with the same last target per row, or ``None``.
-            targets: ``[B]`` last target of each row (``target_seq[:, -1]``); rows sharing it are not
-                used as each other's negatives. ``None`` keeps every in-batch negative.
-
-        Returns:
-            A scalar, already multiplied by ``contrastive_weight``.
-        """
-        dropout_view = self.encode_sequence(item_seq, mask)
-        if positive_seq is None:
-            first, second = user_repr, dropout_view
-        else:
-            first, second = dropout_view, self.encode_sequence(positive_seq, positive_seq != 0)
-        return self.contrastive_weight * info_nce(first, second, self.temperature, self.similarity, targets)
+        super().__init__(num_items, max_seq_len=max_seq_len, hidden_size=hidden_size, num_layers=num_layers,
+                         num_heads=num_heads, inner_size=inner_size, dropout=dropout,
+                         attention_dropout=attention_dropout, layer_norm_eps=layer_norm_eps,
+                         initializer_range=initializer_range)
+        self.auxiliary_loss = DuoRecContrastiveLoss(contrastive_weight, temperature, similarity)

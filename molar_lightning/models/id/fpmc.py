@@ -32,6 +32,7 @@ class FPMC(nn.Module):
         self.last_item_factors = nn.Embedding(num_items + 1, embedding_size, padding_idx=0)  # V^{L,I}
         for table in (self.user_factors, self.item_user_factors, self.item_last_factors, self.last_item_factors):
             nn.init.xavier_normal_(table.weight)
+        self.auxiliary_loss: Optional[nn.Module] = None  # no regulariser
 
     def sequence_states(
         self, item_seq: torch.Tensor, mask: torch.Tensor, user_ids: Optional[torch.Tensor] = None

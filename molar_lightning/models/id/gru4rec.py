@@ -43,6 +43,7 @@ class GRU4Rec(nn.Module):
             self.item_embedding.weight[0].zero_()
         for weight in self.gru.parameters():
             nn.init.xavier_uniform_(weight)
+        self.auxiliary_loss: Optional[nn.Module] = None  # no regulariser
 
     def sequence_states(
         self, item_seq: torch.Tensor, mask: torch.Tensor, user_ids: Optional[torch.Tensor] = None

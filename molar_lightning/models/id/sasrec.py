@@ -59,6 +59,7 @@ class SASRec(nn.Module):
         nn.init.normal_(self.item_embedding.weight, std=initializer_range)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
+        self.auxiliary_loss: Optional[nn.Module] = None  # no regulariser; DuoRec sets one
         rename_legacy_keys(self, LEGACY_KEYS)
 
     @property

@@ -126,7 +126,7 @@ def fit_and_rank(synthetic: SyntheticSequences) -> Callable[..., TrainResult]:
     """Train an encoder with Adam on mini-batches of users, then rank every item for each user's last one.
 
     The loop mirrors the sequential task: the loss over every non-padding position, plus the encoder's
-    ``auxiliary_loss`` (DuoRec) when it has one.
+    ``auxiliary_loss`` (DuoRec's) when it has one.
     """
 
     def run(
@@ -142,9 +142,9 @@ def fit_and_rank(synthetic: SyntheticSequences) -> Callable[..., TrainResult]:
             mask = item_seq != 0
             states = encoder.sequence_states(item_seq, mask, synthetic.user_ids[rows])
             value = loss(states[targets != 0], targets[targets != 0], encoder.item_embeddings())
-            if hasattr(encoder, "auxiliary_loss"):
+            if encoder.auxiliary_loss is not None:
                 value = value + encoder.auxiliary_loss(
-                    item_seq, mask, states[:, -1], synthetic.positive_seq[rows], targets=targets[:, -1]
+                    encoder, item_seq, mask, states[:, -1], synthetic.positive_seq[rows], targets=targets[:, -1]
                 )
             optimizer.zero_grad()
             value.backward()

@@ -1,11 +1,12 @@
-"""DuoRec: the SASRec encoder unchanged, and its contrastive regulariser checked against a recomputation."""
+"""DuoRec: the SASRec encoder unchanged, and its contrastive regulariser (``losses.DuoRecContrastiveLoss``, its
+``auxiliary_loss``) checked against a recomputation."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from molar_lightning.losses import FullSoftmaxCrossEntropy
-from molar_lightning.models.id.duorec import DuoRec, info_nce
+from molar_lightning.losses import DuoRecContrastiveLoss, FullSoftmaxCrossEntropy, info_nce
+from molar_lightning.models.id.duorec import DuoRec
 from molar_lightning.models.id.sasrec import SASRec
 
 TINY = dict(max_seq_len=32, hidden_size=32, inner_size=64, dropout=0.2, attention_dropout=0.2)
@@ -50,6 +51,7 @@ def test_encoder_is_sasrec(synthetic, batch) -> None:
     torch.manual_seed(0)
     duorec = DuoRec(synthetic.num_items, **TINY).eval()
     assert isinstance(duorec, SASRec)
+    assert isinstance(duorec.auxiliary_loss, DuoRecContrastiveLoss) and sasrec.auxiliary_loss is None
     assert duorec.state_dict().keys() == sasrec.state_dict().keys()
     torch.testing.assert_close(duorec.encode_sequence(item_seq, mask), sasrec.encode_sequence(item_seq, mask))
 
@@ -91,9 +93,9 @@ def test_views_are_the_dropout_pass_and_the_supervised_sequence(model, batch) ->
         user_repr = model.encode_sequence(item_seq, mask)
         positive = model.encode_sequence(positive_seq, positive_seq != 0)
         shifted = user_repr + 1.0
-        supervised = model.auxiliary_loss(item_seq, mask, shifted, positive_seq, targets=targets)
-        unsupervised = model.auxiliary_loss(item_seq, mask, shifted, None, targets=targets)
-    cos = model.similarity == "cos"
+        supervised = model.auxiliary_loss(model, item_seq, mask, shifted, positive_seq, targets=targets)
+        unsupervised = model.auxiliary_loss(model, item_seq, mask, shifted, None, targets=targets)
+    cos = model.auxiliary_loss.similarity == "cos"
     torch.testing.assert_close(supervised, 0.1 * reference_info_nce(user_repr, positive, 1.0, targets, cos=cos))
     torch.testing.assert_close(unsupervised, 0.1 * reference_info_nce(shifted, user_repr, 1.0, targets, cos=cos))
 
@@ -103,7 +105,8 @@ def test_auxiliary_loss_is_positive_and_trains_the_encoder(model, batch, with_po
     item_seq, mask, positive_seq, targets = batch
     model.train()
     user_repr = model.encode_sequence(item_seq, mask)
-    loss = model.auxiliary_loss(item_seq, mask, user_repr, positive_seq if with_positive else None, targets=targets)
+    loss = model.auxiliary_loss(model, item_seq, mask, user_repr, positive_seq if with_positive else None,
+                                targets=targets)
     loss.backward()
     assert loss.ndim == 0 and bool(torch.isfinite(loss)) and loss.item() > 0
     assert float(model.item_embedding.weight.grad.abs().sum()) > 0
@@ -113,7 +116,8 @@ def test_auxiliary_loss_is_positive_and_trains_the_encoder(model, batch, with_po
 def test_zero_weight_gives_zero_loss(synthetic, batch) -> None:
     item_seq, mask, positive_seq, targets = batch
     model = DuoRec(synthetic.num_items, **TINY, contrastive_weight=0.0).train()
-    loss = model.auxiliary_loss(item_seq, mask, model.encode_sequence(item_seq, mask), positive_seq, targets=targets)
+    loss = model.auxiliary_loss(model, item_seq, mask, model.encode_sequence(item_seq, mask), positive_seq,
+                                targets=targets)
     assert loss.item() == 0.0
 
 

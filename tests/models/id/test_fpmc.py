@@ -5,7 +5,7 @@ import torch
 
 from molar_lightning.losses import BPRLoss
 from molar_lightning.models.id.fpmc import FPMC
-from molar_lightning.models.protocol import SequenceEncoder
+from molar_lightning.models.protocol import IDSequenceEncoder
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def test_dot_product_is_the_fpmc_score(model) -> None:
     with torch.no_grad():
         scores = model.encode_sequence(item_seq, item_seq != 0, user_ids) @ model.item_embeddings().T
     num_items = model.item_user_factors.num_embeddings - 1
-    assert isinstance(model, SequenceEncoder)
+    assert isinstance(model, IDSequenceEncoder) and model.auxiliary_loss is None
     assert scores.shape == (2, num_items + 1)
     for row, (user, last) in enumerate([(11, 9), (250, 6)]):
         for item in (1, 17, num_items):

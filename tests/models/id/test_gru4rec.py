@@ -5,7 +5,7 @@ import torch
 
 from molar_lightning.losses import FullSoftmaxCrossEntropy
 from molar_lightning.models.id.gru4rec import GRU4Rec
-from molar_lightning.models.protocol import SequenceEncoder
+from molar_lightning.models.protocol import IDSequenceEncoder
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def test_follows_the_protocol(model) -> None:
     model.eval()
     item_seq = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4]])
     states = model.sequence_states(item_seq, item_seq != 0)
-    assert isinstance(model, SequenceEncoder)
+    assert isinstance(model, IDSequenceEncoder) and model.auxiliary_loss is None
     assert states.shape == (2, 4, 32)
     assert model.item_embeddings().shape == (model.item_embedding.num_embeddings, 32)
     torch.testing.assert_close(model.encode_sequence(item_seq, item_seq != 0), states[:, -1])

@@ -320,7 +320,7 @@ def load_backbone(
     lora_rank: int = 8,
     lora_alpha: int = 16,
     lora_dropout: float = 0.05,
-    lora_target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
+    lora_target_modules: Optional[Sequence[str]] = None,
     adapter_path: Optional[str] = None,
     gradient_checkpointing: bool = False,
     dtype: str = "float32",
@@ -339,7 +339,7 @@ def load_backbone(
         lora_rank: LoRA rank r.
         lora_alpha: LoRA scaling alpha.
         lora_dropout: dropout on the LoRA branch.
-        lora_target_modules: module name suffixes that get adapters.
+        lora_target_modules: module name suffixes that get adapters; None means :data:`DEFAULT_LORA_TARGETS`.
         adapter_path: a saved peft adapter folder to load (trainable when ``finetuning`` is ``lora``).
         gradient_checkpointing: recompute activations in the backward pass.
         dtype: ``float32``, ``bfloat16``, ``float16`` or ``auto`` (the checkpoint's dtype).
@@ -386,7 +386,7 @@ def load_backbone(
     peft_model = None
     if finetuning == "lora" or adapter_path is not None:
         peft_model = _with_lora(model, finetuning == "lora", lora_rank, lora_alpha, lora_dropout,
-                                lora_target_modules, adapter_path)
+                                lora_target_modules or DEFAULT_LORA_TARGETS, adapter_path)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return Backbone(model=model, peft_model=peft_model, processor=processor, kind=kind)

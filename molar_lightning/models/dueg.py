@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from molar_lightning.models.backbones import DEFAULT_LORA_TARGETS, Finetuning, load_backbone
+from molar_lightning.models.backbones import Finetuning, load_backbone
 from molar_lightning.models.transformer import CausalTransformer, rename_legacy_keys
 
 # Checkpoints written before SASRecUserEncoder used CausalTransformer held a whole SASRec under `sasrec.`,
@@ -69,7 +69,7 @@ class LLMUserEncoder(nn.Module):
         super().__init__()
         loaded = load_backbone(
             backbone, config=backbone_config, finetuning=finetuning, lora_rank=lora_rank, lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout, lora_target_modules=lora_target_modules or DEFAULT_LORA_TARGETS,
+            lora_dropout=lora_dropout, lora_target_modules=lora_target_modules,
             adapter_path=adapter_path, gradient_checkpointing=gradient_checkpointing, dtype=dtype,
             attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
         if loaded.kind == "encoder":

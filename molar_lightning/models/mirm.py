@@ -26,7 +26,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from molar_lightning.models.backbones import DEFAULT_LORA_TARGETS, Finetuning, load_backbone
+from molar_lightning.models.backbones import Finetuning, load_backbone
 
 ITEM_TOKEN = "[Cur_Item]"
 ITEM_TOKEN_FILE = "item_token.safetensors"
@@ -116,7 +116,7 @@ class MultimodalItemEncoder(nn.Module):
         self.loaded_from_pretrained = backbone_config is None  # frozen weights can be read again from `backbone`
         self.backbone = load_backbone(
             backbone, config=backbone_config, finetuning=finetuning, lora_rank=lora_rank, lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout, lora_target_modules=lora_target_modules or DEFAULT_LORA_TARGETS,
+            lora_dropout=lora_dropout, lora_target_modules=lora_target_modules,
             adapter_path=adapter_path, gradient_checkpointing=gradient_checkpointing, dtype=dtype,
             attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, image_size=image_size,
             extra_special_tokens=(ITEM_TOKEN,) if pooling == "item_token" else (),

@@ -9,7 +9,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from molar_lightning.cli import build_cli, main
+from molar_lightning.cli import build_cli
+from molar_lightning.commands import main
 from molar_lightning.data.item_inputs import collate_items
 from molar_lightning.models.mirm import MultimodalItemEncoder
 from molar_lightning.tasks.mirm_alignment import MIRMAlignmentModule

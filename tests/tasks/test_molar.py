@@ -367,7 +367,7 @@ def test_end_to_end_mode_without_item_inputs_is_refused(fixture_data, tiny_qwen2
 # ----- through the CLI and the shipped config ----------------------------------------------------------------
 def test_shipped_molar_config_fits_tests_and_reloads_from_its_checkpoint(ml1m_dir: Path, tiny_qwen2_dir: Path,
                                                                           tmp_path: Path) -> None:
-    from molar_lightning.cli import main
+    from molar_lightning.commands import main
 
     torch.manual_seed(0)
     table = torch.randn(11, WIDTH)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from molar_lightning.callbacks.evaluation import RankingEvaluationCallback
-from molar_lightning.cli import build_cli, main
+from molar_lightning.cli import build_cli
+from molar_lightning.commands import main
 from molar_lightning.data.datamodule import MovieLensDataModule
 from molar_lightning.data.synthetic import write_movielens
 from molar_lightning.models.id.duorec import DuoRec

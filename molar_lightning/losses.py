@@ -7,13 +7,23 @@ auxiliary loss (DuoRec's :class:`DuoRecContrastiveLoss`) is the model's ``auxili
 every task that trains the model adds it.
 """
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from molar_lightning.models.protocol import IDSequenceEncoder
+
+
+@runtime_checkable
+class NextItemLoss(Protocol):
+    """A next-item loss of ID models, the type of the tasks' ``loss`` arguments; a module, so it is called as
+    ``loss(states, targets, item_table)``. The CLI accepts a ``class_path`` whose ``forward`` has this signature."""
+
+    def forward(self, states: torch.Tensor, targets: torch.Tensor, item_table: torch.Tensor) -> torch.Tensor:
+        """Args: ``states [M, D]``, ``targets [M]`` in ``1..N``, ``item_table [N + 1, D]``. Returns a scalar."""
+        ...
 
 
 class FullSoftmaxCrossEntropy(nn.Module):

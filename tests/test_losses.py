@@ -1,11 +1,13 @@
-"""The three next-item losses against values computed by hand on two- and three-row examples."""
+"""The three next-item losses against values computed by hand on two- and three-row examples, and the
+signature the tasks' ``NextItemLoss`` type asks of them."""
 
+import inspect
 import math
 
 import pytest
 import torch
 
-from molar_lightning.losses import BPRLoss, FullSoftmaxCrossEntropy, SampledSoftmaxLoss
+from molar_lightning.losses import BPRLoss, FullSoftmaxCrossEntropy, NextItemLoss, SampledSoftmaxLoss
 
 # Item 0 is padding and is given a huge embedding: if any loss ranked it, the values below would change.
 ITEM_TABLE = torch.tensor([[50.0, 50.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
@@ -68,3 +70,10 @@ def test_bpr_with_one_item_is_log_two() -> None:
     table = torch.tensor([[0.0, 0.0], [3.0, -1.0]])
     loss = BPRLoss()(STATES, torch.tensor([1, 1]), table)
     assert float(loss) == pytest.approx(math.log(2), rel=1e-6)
+
+
+@pytest.mark.parametrize("loss", [FullSoftmaxCrossEntropy, SampledSoftmaxLoss, BPRLoss], ids=lambda cls: cls.__name__)
+def test_next_item_losses_spell_the_protocol_signature(loss: type) -> None:
+    """The CLI accepts a ``loss`` class_path only when its ``forward`` matches ``NextItemLoss`` exactly."""
+    assert inspect.signature(loss.forward) == inspect.signature(NextItemLoss.forward)
+

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from molar_lightning.batch import EvalBatch, ItemBatch, TrainBatch
-from molar_lightning.losses import ContentInfoNCELoss, FullSoftmaxCrossEntropy, UserAlignmentLoss
+from molar_lightning.losses import ContentInfoNCELoss, FullSoftmaxCrossEntropy, NextItemLoss, UserAlignmentLoss
 from molar_lightning.models.protocol import ContentSequenceEncoder, IDSequenceEncoder
 from molar_lightning.tasks.ranking_task import RankingTask
 from molar_lightning.tasks.sequential import add_auxiliary_loss
@@ -123,7 +123,7 @@ class MolarModule(RankingTask):
         id_tokens: bool = False,
         encoder_checkpoint: Optional[str] = None,
         train_encoder: bool = False,
-        encoder_loss: Optional[nn.Module] = None,
+        encoder_loss: Optional[NextItemLoss] = None,
         align_weight: float = 0.1,
         align_temperature: float = 0.07,
         scoring: Literal["content", "id", "fused"] = "content",

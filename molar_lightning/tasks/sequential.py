@@ -12,10 +12,9 @@ from typing import Optional
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import nn
 
 from molar_lightning.batch import EvalBatch, TrainBatch
-from molar_lightning.losses import FullSoftmaxCrossEntropy
+from molar_lightning.losses import FullSoftmaxCrossEntropy, NextItemLoss
 from molar_lightning.models.protocol import IDSequenceEncoder
 from molar_lightning.tasks.ranking_task import RankingTask
 
@@ -56,7 +55,7 @@ class SequentialRecModule(RankingTask):
     def __init__(
         self,
         encoder: IDSequenceEncoder,
-        loss: Optional[nn.Module] = None,
+        loss: Optional[NextItemLoss] = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         top_k: int = 50,

@@ -22,7 +22,7 @@ test-slow: install
 	$(PYTHON) -m pytest -q -m slow
 
 quickstart: install
-	$(PYTHON) -m molar_lightning.cli quickstart --out runs/quickstart
+	$(PYTHON) -m molar_lightning quickstart --out runs/quickstart
 
 bench: install
 	$(PYTHON) benchmarks/id_models.py --data-dir ../shared/data/movielens-100k

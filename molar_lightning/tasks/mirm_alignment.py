@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from molar_lightning.batch import IGNORE_INDEX, AlignmentBatch, ItemBatch
 from molar_lightning.models.mirm import MultimodalItemEncoder
 from molar_lightning.optim import trainable_weights_optimizer
+from molar_lightning.tasks.hyperparameters import record_hyperparameters
 
 
 class MIRMAlignmentModule(pl.LightningModule):
@@ -41,8 +42,7 @@ class MIRMAlignmentModule(pl.LightningModule):
         export_dir: Optional[str] = None,
     ) -> None:
         super().__init__()
-        # Objects stay out of the checkpoint's hyper-parameters (loadable with weights_only; the CLI records configs).
-        self.save_hyperparameters(ignore=["encoder", "optimizer", "lr_scheduler"])
+        record_hyperparameters(self)
         self.encoder = encoder
         # The item token is not part of any alignment prompt; training it here would only leave it unused.
         if encoder.item_token_id is not None:

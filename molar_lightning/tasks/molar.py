@@ -28,6 +28,7 @@ from torch import nn
 from molar_lightning.batch import EvalBatch, ItemBatch, TrainBatch
 from molar_lightning.losses import ContentInfoNCELoss, FullSoftmaxCrossEntropy, NextItemLoss, UserAlignmentLoss
 from molar_lightning.models.protocol import ContentSequenceEncoder, IDSequenceEncoder
+from molar_lightning.tasks.hyperparameters import record_hyperparameters
 from molar_lightning.tasks.ranking_task import RankingTask
 from molar_lightning.tasks.sequential import add_auxiliary_loss
 
@@ -136,8 +137,7 @@ class MolarModule(RankingTask):
     ) -> None:
         super().__init__()
         # top_k is a predict-time choice that `molar predict` must be able to change, as in SequentialRecModule.
-        self.save_hyperparameters(ignore=["user_encoder", "encoder", "item_encoder", "item_adapter", "loss",
-                                          "encoder_loss", "optimizer", "lr_scheduler", "top_k"])
+        record_hyperparameters(self, ignore=["top_k"])
         self.top_k = top_k
         if (item_embeddings is None) == (item_encoder is None):
             raise ValueError("set exactly one of item_embeddings (a frozen MIRM's cache folder) and item_encoder "
@@ -264,6 +264,9 @@ class MolarModule(RankingTask):
         self._embed_catalog()
 
     def on_test_epoch_start(self) -> None:
+        self._embed_catalog()
+
+    def on_predict_epoch_start(self) -> None:
         self._embed_catalog()
 
     def user_states(self, table: torch.Tensor, item_seq: torch.Tensor, mask: torch.Tensor,

@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from molar_lightning.batch import EvalBatch, TrainBatch
 from molar_lightning.losses import FullSoftmaxCrossEntropy, NextItemLoss
 from molar_lightning.models.protocol import IDSequenceEncoder
+from molar_lightning.tasks.hyperparameters import record_hyperparameters
 from molar_lightning.tasks.ranking_task import RankingTask
 
 
@@ -61,9 +62,8 @@ class SequentialRecModule(RankingTask):
         top_k: int = 50,
     ) -> None:
         super().__init__()
-        # Objects are left out (a pickled one would make checkpoints need weights_only=False; the CLI records
-        # their configs instead) and so is top_k, a serving choice that `molar predict` must be able to change.
-        self.save_hyperparameters(ignore=["encoder", "loss", "optimizer", "lr_scheduler", "top_k"])
+        # top_k is left out: a serving choice that `molar predict` must be able to change.
+        record_hyperparameters(self, ignore=["top_k"])
         self.encoder = encoder
         self.loss = loss if loss is not None else FullSoftmaxCrossEntropy()
         self.optimizer = optimizer

@@ -1,0 +1,88 @@
+"""The ``molar`` command: the Trainer commands of :class:`~molar_lightning.cli.MolarCLI` and the others.
+
+LightningCLI's subcommands can only be Trainer methods, so ``prepare``, ``data fetch-images``, ``embed`` and
+``quickstart`` are dispatched here, before it, and ``molar --help`` lists them all.
+"""
+
+import sys
+from typing import Callable, Optional
+
+import yaml
+from jsonargparse import ArgumentParser
+from lightning.pytorch.cli import ArgsType
+
+from molar_lightning import quickstart
+from molar_lightning.cli import build_cli
+from molar_lightning.data import image_fetch
+from molar_lightning.data.datamodule import SequentialDataModule
+from molar_lightning.embed import DESCRIPTION as EMBED_DESCRIPTION
+from molar_lightning.embed import embed
+
+PREPARE_DESCRIPTION = "raw files -> canonical data set; prints the statistics table"
+
+
+def prepare(args: list[str]) -> None:
+    """``molar prepare``: build the DataModule from ``--data ...`` or the ``data:`` part of an experiment config."""
+    parser = ArgumentParser(prog="molar prepare", description=PREPARE_DESCRIPTION)
+    parser.add_argument("--config", help="an experiment YAML; only its data: section is read")
+    parser.add_subclass_arguments(SequentialDataModule, "data")
+    args = list(args)
+    if "--config" in args:  # swap the experiment file for its data: section, keep later --data.x overrides
+        position = args.index("--config")
+        with open(args[position + 1]) as handle:
+            experiment = yaml.safe_load(handle) or {}
+        if "data" not in experiment:
+            parser.error(f"{args[position + 1]} has no data: section")
+        args[position:position + 2] = ["--data", yaml.safe_dump(experiment["data"])]
+    datamodule = parser.instantiate(parser.parse_args(args)).data
+    datamodule.print_statistics()
+
+
+TRAINER_COMMANDS = {
+    "fit": "train (then test the best checkpoint): molar fit --config configs/<data>/<experiment>.yaml",
+    "validate": "evaluate a checkpoint on the validation users (--ckpt_path)",
+    "test": "evaluate a checkpoint on the test users (--ckpt_path)",
+    "predict": "write each user's top-k unseen items in raw ids to recommendations.jsonl (--ckpt_path)",
+}
+OTHER_COMMANDS: dict[str, tuple[str, Callable[[list[str]], object]]] = {
+    "prepare": (PREPARE_DESCRIPTION, prepare),
+    "data fetch-images": ("download the item images named in Amazon metadata (resumable)", image_fetch.main),
+    "embed": (EMBED_DESCRIPTION, embed),
+    "quickstart": ("the whole Molar pipeline on the built-in shop data, on CPU, with a report", quickstart.main),
+}
+
+
+def overview() -> str:
+    """``molar --help``: every command, one line each."""
+    rows = {**TRAINER_COMMANDS, **{name: text for name, (text, _) in OTHER_COMMANDS.items()}}
+    width = max(map(len, rows))
+    lines = [f"  {name:<{width}}  {text}" for name, text in rows.items()]
+    return "\n".join(["usage: molar <command> [options]   (molar <command> --help for its options)", "",
+                      "commands:", *lines])
+
+
+def command(argv: list[str]) -> Optional[tuple[str, list[str]]]:
+    """The non-Trainer command that ``argv`` starts with and its own arguments, or None."""
+    for name in OTHER_COMMANDS:
+        words = name.split()
+        if argv[:len(words)] == words:
+            return name, argv[len(words):]
+    return None
+
+
+def main(args: ArgsType = None) -> None:
+    """Entry point of the ``molar`` console script; tests call ``main([...])``."""
+    argv = [str(arg) for arg in (sys.argv[1:] if args is None else args)]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(overview())
+        return
+    found = command(argv)
+    if found is None:
+        build_cli(None if args is None else argv, description=overview())
+        return
+    name, rest = found
+    OTHER_COMMANDS[name][1](rest)
+
+
+if __name__ == "__main__":
+    main()

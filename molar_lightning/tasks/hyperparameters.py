@@ -1,0 +1,24 @@
+"""What a task records as its hyper-parameters: its arguments, with the injected parts as their configs.
+
+Under the CLI (and ``Task.load_from_checkpoint``), Lightning's instantiator hands ``save_hyperparameters``
+the configs of the parts a task is given (``class_path`` + ``init_args``), so a checkpoint alone rebuilds
+its model. A task built in Python is given the objects themselves; those are dropped, since their weights
+are in the state dict and a pickled object would make the checkpoint unloadable with ``weights_only=True``.
+Pass them again to ``load_from_checkpoint``, or build the task from a config with
+``lightning.pytorch.cli.instantiate_module(Task, config)`` to have them recorded.
+"""
+
+import inspect
+from typing import Sequence
+
+from lightning.pytorch import LightningModule
+
+# What a recorded hyper-parameter may hold: values and configs, never objects.
+PLAIN_VALUES = (str, int, float, bool, type(None), list, tuple, dict)
+
+
+def record_hyperparameters(task: LightningModule, ignore: Sequence[str] = ()) -> None:
+    """``task.save_hyperparameters(ignore=...)`` from the caller's ``__init__``, without injected objects."""
+    task.save_hyperparameters(ignore=list(ignore), frame=inspect.currentframe().f_back)
+    objects = [name for name, value in task.hparams.items() if not isinstance(value, PLAIN_VALUES)]
+    task.remove_ignored_hparams(objects)

@@ -26,6 +26,18 @@ class NextItemLoss(Protocol):
         ...
 
 
+@runtime_checkable
+class ContentNextItemLoss(Protocol):
+    """A next-item loss of content user models, the type of ``MolarModule.loss``: it also takes each user's
+    items, which are never that user's negatives. The CLI accepts a ``class_path`` whose ``forward`` has this
+    signature (:class:`ContentInfoNCELoss`, :class:`SampledBCELoss`)."""
+
+    def forward(self, states: torch.Tensor, targets: torch.Tensor, item_table: torch.Tensor,
+                user_items: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
+        """Args as :meth:`ContentInfoNCELoss.forward`. Returns a scalar."""
+        ...
+
+
 class FullSoftmaxCrossEntropy(nn.Module):
     """Cross entropy over all items: the default for ID models (SASRec and GRU4Rec as RecBole trains them).
 

@@ -136,13 +136,19 @@ def test_documented_help_commands_are_found() -> None:
     assert len(DOCUMENTED_HELP) >= 4
 
 
-def test_model_help_shows_the_project_arguments_without_torch_class_lists(capsys) -> None:
+@pytest.mark.parametrize("task", ["SequentialRecModule", "MolarModule"])
+def test_model_help_lists_this_projects_classes_for_injected_parts(task: str, capsys) -> None:
+    """Encoders, losses and the item encoder are typed by their protocols or classes, so their help lists this
+    project's classes, not every torch module (only ``item_adapter``, any ``nn.Module``, still does)."""
     with pytest.raises(SystemExit):
-        main(["fit", "--model.help", "SequentialRecModule"])
+        main(["fit", "--model.help", task])
     help_text = capsys.readouterr().out
     assert "how many items ``predict`` returns per user" in help_text
-    assert "torch.nn.Bilinear" not in help_text  # the encoder and loss types list this project's classes
-    assert len(help_text.splitlines()) < 200
+    options = {block.split()[0]: block for block in help_text.split("\n  --model.")[1:]}
+    typed = [name for name in ("encoder", "user_encoder", "item_encoder", "loss", "encoder_loss") if name in options]
+    assert typed and all("torch.nn.Bilinear" not in options[name] for name in typed)
+    if task == "SequentialRecModule":
+        assert len(help_text.splitlines()) < 200
 
 
 def test_no_module_reads_private_attributes_of_other_objects() -> None:

@@ -1,12 +1,14 @@
 """Molar's content losses against hand computation: HLLM-style InfoNCE (scale, masks, collapse), the paper's
 sampled BCE, and the symmetric user-level post-alignment InfoNCE on a 3-user batch."""
 
+import inspect
 import math
 
 import pytest
 import torch
 
-from molar_lightning.losses import ContentInfoNCELoss, EmbeddingCollapseError, SampledBCELoss, UserAlignmentLoss
+from molar_lightning.losses import (ContentInfoNCELoss, ContentNextItemLoss, EmbeddingCollapseError, SampledBCELoss,
+                                    UserAlignmentLoss)
 
 
 def cosine(a: list[float], b: list[float]) -> float:
@@ -127,3 +129,9 @@ def test_negatives_are_gathered_from_every_process(tmp_path) -> None:
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert result["loss"].item() == pytest.approx(expected.item(), rel=1e-5)  # both ranks see all 10 negatives
         assert result["grad"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("loss", [ContentInfoNCELoss, SampledBCELoss])
+def test_content_losses_spell_the_protocol_signature(loss) -> None:
+    """The CLI accepts ``MolarModule.loss`` class_paths only when ``forward`` matches ``ContentNextItemLoss``."""
+    assert inspect.signature(loss.forward) == inspect.signature(ContentNextItemLoss.forward)

@@ -26,7 +26,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from molar_lightning.batch import EvalBatch, ItemBatch, TrainBatch
-from molar_lightning.losses import ContentInfoNCELoss, FullSoftmaxCrossEntropy, NextItemLoss, UserAlignmentLoss
+from molar_lightning.losses import (ContentInfoNCELoss, ContentNextItemLoss, FullSoftmaxCrossEntropy, NextItemLoss,
+                                    UserAlignmentLoss)
+from molar_lightning.models.mirm import MultimodalItemEncoder
 from molar_lightning.models.protocol import ContentSequenceEncoder, IDSequenceEncoder
 from molar_lightning.tasks.hyperparameters import record_hyperparameters
 from molar_lightning.tasks.ranking_task import RankingTask
@@ -118,9 +120,9 @@ class MolarModule(RankingTask):
         user_encoder: ContentSequenceEncoder,
         encoder: Optional[IDSequenceEncoder] = None,
         item_embeddings: Optional[Union[str, list[str]]] = None,
-        item_encoder: Optional[nn.Module] = None,
+        item_encoder: Optional[MultimodalItemEncoder] = None,
         item_adapter: Optional[nn.Module] = None,
-        loss: Optional[nn.Module] = None,
+        loss: Optional[ContentNextItemLoss] = None,
         id_tokens: bool = False,
         encoder_checkpoint: Optional[str] = None,
         train_encoder: bool = False,

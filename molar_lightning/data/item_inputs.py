@@ -1,12 +1,13 @@
 """Item content -> batches for the multimodal item encoder (MIRM): a data set over an ``ItemCatalog``,
 length-sorted batches, and padded or packed collation.
 
-The prompt itself is the encoder's business (``MultimodalItemEncoder.items_inputs`` takes items' fields and
-PIL images); this module only reads the catalog, calls it in DataLoader workers and batches the results, so
-``data/`` stays free of model code. A batch's inputs are built together (``__getitems__``: one tokenizer and
-one image-processor call per batch, not per item). Batches are sorted by token length (longest first, so a
-batch that does not fit in memory fails at once), and under DDP each process takes every ``world_size``-th
-batch: every item is embedded exactly once.
+The prompt itself is the encoder's business (``MultimodalItemEncoder.items_inputs`` takes items' text and PIL
+images); this module only reads the catalog (the text is :meth:`ItemCatalog.text`, the same rendering as the
+alignment prompts'), calls the encoder in DataLoader workers and batches the results, so ``data/`` stays free
+of model code. A batch's inputs are built together (``__getitems__``: one tokenizer and one image-processor
+call per batch, not per item). Batches are sorted by token length (longest first, so a batch that does not fit
+in memory fails at once), and under DDP each process takes every ``world_size``-th batch: every item is
+embedded exactly once.
 """
 
 import os
@@ -37,12 +38,12 @@ class ItemInputBuilder(Protocol):
     @property
     def pad_token_id(self) -> int: ...
 
-    def item_text_ids(self, fields: Sequence[dict[str, str]]) -> list[list[int]]: ...
+    def item_text_ids(self, texts: Sequence[str]) -> list[list[int]]: ...
 
-    def item_lengths(self, items: Sequence[tuple[dict[str, str], bool]],
+    def item_lengths(self, items: Sequence[tuple[str, bool]],
                      text_ids: Optional[Sequence[Sequence[int]]] = None) -> list[int]: ...
 
-    def items_inputs(self, items: Sequence[tuple[dict[str, str], Optional[Image.Image]]],
+    def items_inputs(self, items: Sequence[tuple[str, Optional[Image.Image]]],
                      text_ids: Optional[Sequence[Sequence[int]]] = None) -> list[dict[str, torch.Tensor]]: ...
 
 
@@ -87,8 +88,8 @@ class ItemContentDataset(Dataset):
     """The items of a catalog as encoder inputs; index ``i`` is ``item_ids[i]``.
 
     Args:
-        catalog: where fields and images come from.
-        builder: turns fields + image into model inputs (the item encoder).
+        catalog: where items' text (:meth:`ItemCatalog.text`) and images come from.
+        builder: turns text + image into model inputs (the item encoder).
         item_ids: the items to serve, by catalog id.
     """
 
@@ -109,7 +110,7 @@ class ItemContentDataset(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[int, dict[str, torch.Tensor]]]:
         """The items at ``indices``, built together (the DataLoader asks for a whole batch this way)."""
         item_ids = [self.item_ids[index] for index in indices]
-        items = [(self.catalog.fields(item_id), self.catalog.image(item_id, max_size=self.builder.image_size)
+        items = [(self.catalog.text(item_id), self.catalog.image(item_id, max_size=self.builder.image_size)
                   if self.builder.uses_images else None) for item_id in item_ids]
         text_ids = None if self.text_ids is None else [self.text_ids[index] for index in indices]
         try:
@@ -117,17 +118,17 @@ class ItemContentDataset(Dataset):
         except ValueError as error:
             if len(indices) > 1:
                 return [self[index] for index in indices]  # again one by one, so that the error names its item
-            fields = items[0][0]
-            raise ValueError(f"item {item_ids[0]} ({fields.get('title', 'untitled')}, image "
-                             f"{self.catalog.image_path(item_ids[0])}): {error}") from error
+            title = self.catalog.fields(item_ids[0]).get("title", "untitled")
+            raise ValueError(f"item {item_ids[0]} ({title}, image {self.catalog.image_path(item_ids[0])}): "
+                             f"{error}") from error
 
     def lengths(self, chunk: int = 4096) -> list[int]:
         """Prompt token counts (``chunk`` items per tokenizer call); raises one error that lists every item
         with nothing to embed."""
-        items = [(self.catalog.fields(item_id), self.catalog.image_path(item_id) is not None)
+        items = [(self.catalog.text(item_id), self.catalog.image_path(item_id) is not None)
                  for item_id in self.item_ids]
         text_ids = [ids for start in range(0, len(items), chunk)
-                    for ids in self.builder.item_text_ids([fields for fields, _ in items[start:start + chunk]])]
+                    for ids in self.builder.item_text_ids([text for text, _ in items[start:start + chunk]])]
         try:
             lengths = self.builder.item_lengths(items, text_ids)
         except ValueError:
@@ -135,7 +136,7 @@ class ItemContentDataset(Dataset):
         self.text_ids = [array("i", ids) for ids in text_ids]
         return lengths
 
-    def _nothing_to_embed(self, items: list[tuple[dict[str, str], bool]]) -> ValueError:
+    def _nothing_to_embed(self, items: list[tuple[str, bool]]) -> ValueError:
         """One error that lists every item the builder refuses (asked item by item)."""
         empty = []
         for item_id, item in zip(self.item_ids, items):

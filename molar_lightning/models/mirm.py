@@ -8,12 +8,13 @@ item embedding is the last layer's hidden state (after the final norm) at that t
 1536 dimensions for Qwen2-VL-2B. Mean pooling and last-token pooling are options (HLLM, arXiv 2409.12740,
 found the item token better). ``modality`` switches the image or the text off (the paper's Table 3).
 
-The encoder takes plain fields and PIL images (:meth:`item_inputs`), so it knows nothing of data sets;
-``molar_lightning.data.item_inputs`` reads them from an ``ItemCatalog`` and batches the results. A batch is
-either padded (either side) or packed into one row with per-item position ids, which the attention masks of
-``transformers`` turn into a block-diagonal mask (the padding-free path; with ``flash_attention_2`` it runs
-as variable-length attention). Each item's positions are computed as if it were alone, so its embedding
-does not depend on the batch it is in.
+The encoder takes an item's text, already rendered, and its PIL image (:meth:`item_inputs`), so it knows
+nothing of data sets: ``molar_lightning.data.item_inputs`` reads both from an ``ItemCatalog``, whose ``text``
+renders the fields for the alignment prompts too, and batches the results. A batch is either padded (either
+side) or packed into one row with per-item position ids, which the attention masks of ``transformers`` turn
+into a block-diagonal mask (the padding-free path; with ``flash_attention_2`` it runs as variable-length
+attention). Each item's positions are computed as if it were alone, so its embedding does not depend on the
+batch it is in.
 """
 
 import hashlib
@@ -32,13 +33,6 @@ ITEM_TOKEN = "[Cur_Item]"
 ITEM_TOKEN_FILE = "item_token.safetensors"
 Modality = Literal["image+text", "image", "text"]
 Pooling = Literal["item_token", "mean", "last_token"]
-
-
-def render_fields(fields: dict[str, str]) -> str:
-    """Non-empty fields as ``"\\n{key}: {value}"`` lines, in order; the token cap is applied after tokenising,
-    as the authors' code truncates (``molar_lightning.data.catalog.PromptRenderer`` cuts at word boundaries
-    instead, for prompts built on the data side)."""
-    return "".join(f"\n{key}: {value}" for key, value in fields.items() if value)
 
 
 class ItemContentError(ValueError):
@@ -165,44 +159,50 @@ class MultimodalItemEncoder(nn.Module):
             segments.append([self.item_token_id])
         return segments
 
-    def item_text_ids(self, fields: Sequence[dict[str, str]]) -> list[list[int]]:
-        """Capped token ids of items' text fields (none under modality ``image``), in one tokenizer call."""
-        texts = [render_fields(item) if self.modality != "image" else "" for item in fields]
-        return self.processor.texts_ids(texts, self.max_text_tokens)
+    def item_text_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Capped token ids of items' texts (none under modality ``image``), in one tokenizer call; the cap
+        applies after tokenizing, as in the authors' code."""
+        return self.processor.texts_ids([text if self.modality != "image" else "" for text in texts],
+                                        self.max_text_tokens)
 
-    def _check_content(self, fields: dict[str, str], has_image: bool) -> None:
-        has_text = self.modality != "image" and any(value.strip() for value in fields.values() if value)
+    def _check_content(self, text: str, has_image: bool) -> None:
+        has_text = self.modality != "image" and bool(text.strip())
         if not (has_text or (has_image and self.modality != "text")):
             wanted = {"image": "readable image", "text": "text"}.get(self.modality, "text or readable image")
             raise ItemContentError(
-                f"no {wanted} under modality {self.modality!r} (fields: {', '.join(fields) or 'none'}); it "
-                f"would be embedded from the instruction alone. Fix its data, or choose another modality"
+                f"no {wanted} under modality {self.modality!r} (it has {'text' if text.strip() else 'no text'} and "
+                f"{'an' if has_image else 'no'} image); it would be embedded from the instruction alone. Fix its "
+                f"data, or choose another modality"
             )
 
-    def item_inputs(self, fields: dict[str, str], image: Optional[Image.Image]) -> dict[str, torch.Tensor]:
-        """Model inputs of one item (``input_ids [n]``, and image tensors); refuses an item with no content."""
-        return self.items_inputs([(fields, image)])[0]
+    def item_inputs(self, text: str, image: Optional[Image.Image]) -> dict[str, torch.Tensor]:
+        """Model inputs of one item (``input_ids [n]``, and image tensors); refuses an item with no content.
 
-    def items_inputs(self, items: Sequence[tuple[dict[str, str], Optional[Image.Image]]],
+        ``text`` is the item's fields as ``"\\n{key}: {value}"`` lines (``ItemCatalog.text``); modality
+        ``image`` ignores it.
+        """
+        return self.items_inputs([(text, image)])[0]
+
+    def items_inputs(self, items: Sequence[tuple[str, Optional[Image.Image]]],
                      text_ids: Optional[Sequence[Sequence[int]]] = None) -> list[dict[str, torch.Tensor]]:
         """:meth:`item_inputs` of many items with one tokenizer and one image-processor call, which is most of
         the saving of batched extraction when the model is small next to its input pipeline. ``text_ids``:
         the items' :meth:`item_text_ids` when already known (the loader keeps them from its length pass)."""
-        for fields, image in items:
-            self._check_content(fields, image is not None)
+        for text, image in items:
+            self._check_content(text, image is not None)
         if text_ids is None:
-            text_ids = self.item_text_ids([fields for fields, _ in items])
+            text_ids = self.item_text_ids([text for text, _ in items])
         return self.processor.encode_batch([self._segments(list(ids), image)
                                             for ids, (_, image) in zip(text_ids, items)])
 
-    def item_lengths(self, items: Sequence[tuple[dict[str, str], bool]],
+    def item_lengths(self, items: Sequence[tuple[str, bool]],
                      text_ids: Optional[Sequence[Sequence[int]]] = None) -> list[int]:
-        """Token counts of items' prompts from their fields and whether they have an image, without building
+        """Token counts of items' prompts from their text and whether they have an image, without building
         image tensors (for length-sorted batches); refuses an item with no content, as :meth:`item_inputs` does."""
-        for fields, has_image in items:
-            self._check_content(fields, has_image)
+        for text, has_image in items:
+            self._check_content(text, has_image)
         if text_ids is None:
-            text_ids = self.item_text_ids([fields for fields, _ in items])
+            text_ids = self.item_text_ids([text for text, _ in items])
         if self._image_token_count is None and self.processor.accepts_images:
             blank = Image.new("RGB", (self.image_size, self.image_size))
             self._image_token_count = len(self.processor.image_inputs([blank])[0][0])

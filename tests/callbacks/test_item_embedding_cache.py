@@ -53,7 +53,7 @@ def one_by_one(module: MIRMAlignmentModule, catalog: ItemCatalog) -> torch.Tenso
     with torch.no_grad():
         for item_id in range(1, len(catalog) + 1):
             image = catalog.image(item_id, max_size=encoder.image_size)
-            batch = collate_items([(item_id, encoder.item_inputs(catalog.fields(item_id), image))],
+            batch = collate_items([(item_id, encoder.item_inputs(catalog.text(item_id), image))],
                                   encoder.pad_token_id)
             rows.append(encoder(batch.input_ids, batch.attention_mask, batch.lengths, batch.mm_token_type_ids,
                                 batch.image_inputs)[0])

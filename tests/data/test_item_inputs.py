@@ -1,5 +1,6 @@
 """Item batches: padded either side or packed, images concatenated in item order, batches sorted by length,
-and every item with nothing to embed reported at once (before any model work)."""
+every item with nothing to embed reported at once (before any model work), and the encoder given each item's
+catalog text (tokenized here as the reference)."""
 
 import re
 from pathlib import Path
@@ -10,9 +11,12 @@ import torch
 from PIL import Image
 
 from molar_lightning.data.catalog import ItemCatalog
+from molar_lightning.data.datamodule import PixelRecDataModule
 from molar_lightning.data.item_inputs import LengthSortedBatches, collate_items, item_loader
 from molar_lightning.data.prepare import PrepareParams, prepare_dataset
 from molar_lightning.data.sources.movielens import MovieLens
+from molar_lightning.models.mirm import MultimodalItemEncoder
+from tests.models.conftest import IMAGE_SIZE, qwen_tokenizer_dir, tiny_qwen2_vl_dir  # noqa: F401 - fixtures
 
 
 def sample(ids: list[int], image: bool) -> dict[str, torch.Tensor]:
@@ -51,8 +55,8 @@ def test_batches_are_sorted_longest_first() -> None:
 
 
 class WordBuilder:
-    """Stands in for the encoder: one token per word of the title, and an image token when there is one; it
-    records how many items each build call gets and how many it tokenizes, and refuses titles in ``refused``."""
+    """Stands in for the encoder: one token per word of the text, and an image token when there is one; it
+    records how many items each build call gets and how many it tokenizes, and refuses texts in ``refused``."""
 
     pack_sequences = False
     pad_token_id = 0
@@ -64,22 +68,22 @@ class WordBuilder:
         self.tokenized = 0
         self.refused = refused
 
-    def item_text_ids(self, fields: list[dict[str, str]]) -> list[list[int]]:
-        self.tokenized += len(fields)
-        return [list(range(len(item.get("title", "").split()))) for item in fields]
+    def item_text_ids(self, texts: list[str]) -> list[list[int]]:
+        self.tokenized += len(texts)
+        return [list(range(len(text.split()))) for text in texts]
 
-    def item_lengths(self, items: list[tuple[dict[str, str], bool]], text_ids=None) -> list[int]:
-        if any(not fields.get("title", "").strip() and not has_image for fields, has_image in items):
+    def item_lengths(self, items: list[tuple[str, bool]], text_ids=None) -> list[int]:
+        if any(not text.strip() and not has_image for text, has_image in items):
             raise ValueError("no text or readable image")
-        text_ids = text_ids if text_ids is not None else self.item_text_ids([fields for fields, _ in items])
+        text_ids = text_ids if text_ids is not None else self.item_text_ids([text for text, _ in items])
         return [len(ids) + has_image for ids, (_, has_image) in zip(text_ids, items)]
 
-    def items_inputs(self, items: list[tuple[dict[str, str], Optional[Image.Image]]],
+    def items_inputs(self, items: list[tuple[str, Optional[Image.Image]]],
                      text_ids=None) -> list[dict[str, torch.Tensor]]:
         self.calls.append(len(items))
-        if any(fields.get("title") in self.refused for fields, _ in items):
+        if any(text in self.refused for text, _ in items):
             raise ValueError("refused")
-        lengths = self.item_lengths([(fields, image is not None) for fields, image in items], text_ids)
+        lengths = self.item_lengths([(text, image is not None) for text, image in items], text_ids)
         return [{"input_ids": torch.arange(1, length + 1)} for length in lengths]
 
 
@@ -87,8 +91,8 @@ class WordBuilder:
 def catalog(ml1m_dir: Path, tmp_path: Path) -> ItemCatalog:
     movies = ml1m_dir / "movies.dat"
     lines = movies.read_text(encoding="latin-1").splitlines()
-    lines[1] = "2:: ::Adventure"  # item 2 keeps no title
-    lines[4] = "5:: ::Drama"
+    lines[1] = "2:: ::"  # items 2 and 5 keep no text
+    lines[4] = "5:: ::"
     movies.write_text("\n".join(lines) + "\n", encoding="latin-1")
     dataset = prepare_dataset(MovieLens(str(ml1m_dir), show_progress=False), str(tmp_path / "cache"), PrepareParams())
     return ItemCatalog(dataset)
@@ -116,7 +120,7 @@ def test_each_batch_is_built_in_one_call(catalog: ItemCatalog) -> None:
 
 def test_an_item_the_builder_refuses_is_named(catalog: ItemCatalog) -> None:
     title = catalog.fields(4)["title"]
-    builder = WordBuilder(refused=(title,))
+    builder = WordBuilder(refused=(catalog.text(4),))
     with pytest.raises(ValueError, match=rf"item 4 \({re.escape(title)}, image None\): refused"):
         list(item_loader(catalog, builder, item_ids=[1, 3, 4, 6], batch_size=4))
     assert builder.calls[0] == 4  # the batch first, then one by one to find the item
@@ -127,3 +131,24 @@ def test_a_builder_that_takes_no_images_never_decodes_one(catalog: ItemCatalog, 
     builder = WordBuilder()
     builder.uses_images = False  # as MultimodalItemEncoder under modality: text
     assert [sorted(batch.item_ids.tolist()) for batch in item_loader(catalog, builder, item_ids=[1, 3])] == [[1, 3]]
+
+
+def test_the_encoder_gets_each_items_fields_as_lines(pixelrec_dir: Path, tiny_qwen2_vl_dir: Path,
+                                                     tmp_path: Path) -> None:
+    """Through the length-sorted loader, every PixelRec item's token ids are its image's placeholders, the
+    instruction, its fields as ``"\\n{key}: {value}"`` lines tokenized whole and cut at the budget (20 tokens cuts
+    items 1, 2 and 6), and the item token; items 7 and 8 have no image."""
+    catalog = ItemCatalog(PixelRecDataModule(str(pixelrec_dir), cache_dir=str(tmp_path)).dataset)
+    encoder = MultimodalItemEncoder(backbone=str(tiny_qwen2_vl_dir), image_size=IMAGE_SIZE, max_text_tokens=20)
+    tokenizer = encoder.processor.tokenizer
+
+    def expected(item_id: int) -> list[int]:
+        image = catalog.image(item_id, max_size=IMAGE_SIZE)
+        lines = "".join(f"\n{key}: {value}" for key, value in catalog.fields(item_id).items())
+        return ((encoder.processor.image_inputs([image])[0][0] if image is not None else [])
+                + tokenizer(encoder.instruction, add_special_tokens=False)["input_ids"]
+                + tokenizer(lines, add_special_tokens=False)["input_ids"][:20] + [encoder.item_token_id])
+
+    served = {item_id: ids[:length].tolist() for batch in item_loader(catalog, encoder, batch_size=3)
+              for item_id, ids, length in zip(batch.item_ids.tolist(), batch.input_ids, batch.lengths)}
+    assert served == {item_id: expected(item_id) for item_id in range(1, len(catalog) + 1)}

@@ -11,11 +11,12 @@ from molar_lightning.data.item_inputs import collate_items
 from molar_lightning.models.mirm import ITEM_TOKEN, ItemContentError, MultimodalItemEncoder
 from tests.models.conftest import IMAGE_SIZE, poster
 
+# (text, image) as ItemCatalog.text renders items' fields
 ITEMS = [
-    ({"title": "Toy Story (1995)", "genres": "Animation", "description": "Toys come alive."}, poster("red")),
-    ({"title": "Heat (1995)", "description": "A long heist story. " * 12}, None),
-    ({"title": "Jumanji (1995)", "genres": ""}, poster("blue", (60, 30))),
-    ({"title": "Casino (1995)", "genres": "Drama, Thriller"}, poster("green")),
+    ("\ntitle: Toy Story (1995)\ngenres: Animation\ndescription: Toys come alive.", poster("red")),
+    ("\ntitle: Heat (1995)\ndescription: " + "A long heist story. " * 12, None),
+    ("\ntitle: Jumanji (1995)", poster("blue", (60, 30))),
+    ("\ntitle: Casino (1995)\ngenres: Drama, Thriller", poster("green")),
 ]
 
 
@@ -32,18 +33,17 @@ def encoder(tiny_qwen2_vl_dir: Path) -> MultimodalItemEncoder:
     return MultimodalItemEncoder(backbone=str(tiny_qwen2_vl_dir), image_size=IMAGE_SIZE).eval()
 
 
-def test_prompt_is_image_instruction_fields_item_token(encoder: MultimodalItemEncoder) -> None:
+def test_prompt_is_image_instruction_text_item_token(encoder: MultimodalItemEncoder) -> None:
     inputs = encoder.item_inputs(*ITEMS[2])
     text = encoder.processor.tokenizer.decode(inputs["input_ids"])
     assert text == ("<|vision_start|><|image_pad|><|vision_end|>Compress the text and image into embedding."
-                    f"\ntitle: Jumanji (1995){ITEM_TOKEN}")  # empty genres skipped; 28 px -> one visual token
+                    f"\ntitle: Jumanji (1995){ITEM_TOKEN}")  # 28 px -> one visual token
     assert inputs["mm_token_type_ids"].tolist() == (inputs["input_ids"] == 151655).long().tolist()
     assert inputs["image_grid_thw"].tolist() == [[1, 2, 2]]
 
 
 def test_text_is_capped_at_the_token_budget(encoder: MultimodalItemEncoder) -> None:
-    fields = {"title": "Heat", "description": "word " * 500}
-    ids = encoder.item_inputs(fields, None)["input_ids"].tolist()
+    ids = encoder.item_inputs("\ntitle: Heat\ndescription: " + "word " * 500, None)["input_ids"].tolist()
     instruction = encoder.processor.text_ids(encoder.instruction)
     assert ids[: len(instruction)] == instruction and ids[-1] == encoder.item_token_id
     assert len(ids) - len(instruction) - 1 == encoder.max_text_tokens == 200
@@ -56,7 +56,7 @@ def test_a_batch_of_inputs_equals_inputs_built_one_by_one(encoder: MultimodalIte
         assert batched.keys() == alone.keys()
         for key in alone:
             assert torch.equal(batched[key], alone[key]), key
-    lengths = encoder.item_lengths([(fields, image is not None) for fields, image in ITEMS])
+    lengths = encoder.item_lengths([(text, image is not None) for text, image in ITEMS])
     assert lengths == [len(inputs["input_ids"]) for inputs in together]
 
 
@@ -114,11 +114,11 @@ def test_modality_switch_removes_the_image_or_the_text(tiny_qwen2_vl_dir: Path, 
 
 def test_an_item_with_nothing_to_embed_is_refused(encoder: MultimodalItemEncoder, image_only) -> None:
     with pytest.raises(ItemContentError, match="no text or readable image"):
-        encoder.item_inputs({}, None)
+        encoder.item_inputs("", None)
     with pytest.raises(ItemContentError, match="no text or readable image"):
-        encoder.item_lengths([({"title": "Heat"}, False), ({"title": "  "}, False)])
-    with pytest.raises(ItemContentError, match="no readable image under modality 'image'"):
-        image_only.item_inputs({"title": "Heat"}, None)
+        encoder.item_lengths([("\ntitle: Heat", False), ("\n  ", False)])
+    with pytest.raises(ItemContentError, match=r"no readable image under modality 'image' \(it has text and no"):
+        image_only.item_inputs("\ntitle: Heat", None)
 
 
 def test_lora_trains_only_adapters_and_round_trips(tiny_qwen2_vl_dir: Path, tmp_path: Path) -> None:
@@ -165,7 +165,7 @@ def test_full_fine_tuning_round_trips_through_a_backbone_folder(tiny_qwen2_vl_di
 
 def test_text_only_decoder_packs_like_it_pads(tiny_qwen2_dir: Path) -> None:
     encoder = MultimodalItemEncoder(backbone=str(tiny_qwen2_dir), modality="text", pooling="mean").eval()
-    items = [(fields, None) for fields, _ in ITEMS]
+    items = [(text, None) for text, _ in ITEMS]
     alone = torch.cat([encode(encoder, [item]) for item in items])
     torch.testing.assert_close(encode(encoder, items, pack=True), alone, atol=1e-5, rtol=0)
     torch.testing.assert_close(encode(encoder, items, side="left"), alone, atol=1e-5, rtol=0)
@@ -178,7 +178,7 @@ def test_text_only_decoder_packs_like_it_pads(tiny_qwen2_dir: Path) -> None:
 
 def test_text_only_encoder_pads_either_side(tiny_bert_dir: Path) -> None:
     encoder = MultimodalItemEncoder(backbone=str(tiny_bert_dir), modality="text", pooling="last_token").eval()
-    items = [(fields, None) for fields, _ in ITEMS]
+    items = [(text, None) for text, _ in ITEMS]
     right, left = encode(encoder, items), encode(encoder, items, side="left")
     torch.testing.assert_close(left, right, atol=1e-5, rtol=0)
     torch.testing.assert_close(encode(encoder, items[1:2]), right[1:2], atol=1e-5, rtol=0)

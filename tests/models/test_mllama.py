@@ -27,7 +27,7 @@ def test_prompt_and_cross_attention_inputs_equal_the_real_processor(encoder: Mul
     from transformers import MllamaProcessor
 
     image = poster("red", (IMAGE_SIZE, IMAGE_SIZE))
-    ours = encoder.item_inputs({"title": "Jumanji (1995)"}, image)
+    ours = encoder.item_inputs("\ntitle: Jumanji (1995)", image)
     text = encoder.processor.tokenizer.decode(ours["input_ids"])
     assert text == ("<|image|><|begin_of_text|>Compress the text and image into embedding.\ntitle: Jumanji (1995)"
                     f"{ITEM_TOKEN}")

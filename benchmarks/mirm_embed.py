@@ -63,7 +63,7 @@ def naive(encoder: MultimodalItemEncoder, catalog: ItemCatalog, item_ids: list[i
     with torch.no_grad():
         for item_id in item_ids:
             image = read_image(encoder, catalog, item_id)
-            batch = collate_items([(item_id, encoder.item_inputs(catalog.fields(item_id), image))],
+            batch = collate_items([(item_id, encoder.item_inputs(catalog.text(item_id), image))],
                                   encoder.pad_token_id)
             rows.append(encoder(batch.input_ids, batch.attention_mask, batch.lengths, batch.mm_token_type_ids,
                                 batch.image_inputs)[0])
@@ -77,7 +77,7 @@ def breakdown(encoder: MultimodalItemEncoder, catalog: ItemCatalog, item_ids: li
     encoder.eval()
     timings = {}
     start = time.perf_counter()
-    items = [(catalog.fields(i), read_image(encoder, catalog, i)) for i in item_ids]
+    items = [(catalog.text(i), read_image(encoder, catalog, i)) for i in item_ids]
     timings["decode"] = time.perf_counter() - start
     start = time.perf_counter()
     inputs = [encoder.item_inputs(*item) for item in items]

@@ -109,15 +109,19 @@ class AlignmentDataset(Dataset):
         processor: the backbone's processor.
         item_text_tokens: each item's fields are cut after this many tokens in prompts.
         max_answer_tokens: answers are cut after this many tokens (before the end-of-sequence token).
+        item_token_id: the encoder's ``[Cur_Item]`` token, placed after each item's image and text as the
+            encoder places it, so that stage 1 trains its embedding where stage 2 reads the item embedding;
+            None leaves it out.
     """
 
     def __init__(self, catalog: ItemCatalog, examples: Sequence[AlignmentExample], processor: AlignmentProcessor,
-                 item_text_tokens: int, max_answer_tokens: int) -> None:
+                 item_text_tokens: int, max_answer_tokens: int, item_token_id: Optional[int] = None) -> None:
         self.catalog = catalog
         self.examples = list(examples)
         self.processor = processor
         self.item_text_tokens = item_text_tokens
         self.max_answer_tokens = max_answer_tokens
+        self.item_token = [] if item_token_id is None else [[item_token_id]]
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -131,18 +135,18 @@ class AlignmentDataset(Dataset):
             if image is None:
                 raise ValueError(f"item {item}: image {catalog.image_path(item)} is not a readable image; the IT "
                                  f"mixture needs one (replace the file, or switch image_text off)")
-            return [image, IT_INSTRUCTION], catalog.fields(item)["description"]
+            return [image, *self.item_token, IT_INSTRUCTION], catalog.fields(item)["description"]
         if example.mixture == "sa":
             (item,) = example.items
             text = self.processor.text_ids(catalog.text(item, description=False), cap)
-            return [SA_INSTRUCTION, text], catalog.fields(item)["description"]
+            return [SA_INSTRUCTION, text, *self.item_token], catalog.fields(item)["description"]
         segments: list = [UB_INSTRUCTION]
         for position, item in enumerate(example.items, start=1):
             segments.append(f"\n{position}.")
             image = catalog.image(item)
             if image is not None:
                 segments.append(image)
-            segments.append(self.processor.text_ids(catalog.text(item), cap))
+            segments += [self.processor.text_ids(catalog.text(item), cap), *self.item_token]
         segments.append("\n" + UB_QUESTION)
         answer = "\n".join(catalog.fields(item).get("title", f"item {item}") for item in example.targets)
         return segments, answer
@@ -257,10 +261,13 @@ class MIRMAlignmentDataModule(SequentialDataModule):
             raise ValueError("every mixture is switched off; keep at least one of image_text, structured_attributes, "
                              "user_behaviour (skipping stage 1 altogether is 'w/o ALL': do not run it)")
         self.processor: Optional[AlignmentProcessor] = None
+        self.item_token_id: Optional[int] = None
 
-    def connect(self, processor: AlignmentProcessor) -> None:
-        """Hand over the backbone's processor (the task does this in its ``setup``)."""
+    def connect(self, processor: AlignmentProcessor, item_token_id: Optional[int] = None) -> None:
+        """Hand over the backbone's processor and the ``[Cur_Item]`` token to place after each item, or None
+        (the task does this in its ``setup``)."""
         self.processor = processor
+        self.item_token_id = item_token_id
 
     @cached_property
     def catalog(self) -> ItemCatalog:
@@ -286,7 +293,7 @@ class MIRMAlignmentDataModule(SequentialDataModule):
             raise RuntimeError("MIRMAlignmentDataModule has no processor: call connect(encoder.processor) first "
                                "(MIRMAlignmentModule.setup does)")
         return AlignmentDataset(self.catalog, self.examples[split], self.processor, self.item_text_tokens,
-                                self.max_answer_tokens)
+                                self.max_answer_tokens, self.item_token_id)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self._dataset(split)

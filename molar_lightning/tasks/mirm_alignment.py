@@ -32,6 +32,9 @@ class MIRMAlignmentModule(pl.LightningModule):
         lr_scheduler: optional scheduler factory, stepped every optimizer step.
         export_dir: where the aligned encoder is written at the end of training; null means
             ``<run dir>/mirm_encoder``. Load it back with ``adapter_path:`` (LoRA) or ``backbone:`` (full).
+        train_item_token: put the encoder's ``[Cur_Item]`` token after each item in every prompt (after its
+            image and text, where the encoder reads the item embedding) and train its embedding; off leaves
+            it out of the prompts and frozen at its initial value (the mean word embedding).
     """
 
     def __init__(
@@ -40,12 +43,13 @@ class MIRMAlignmentModule(pl.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         export_dir: Optional[str] = None,
+        train_item_token: bool = True,
     ) -> None:
         super().__init__()
         record_hyperparameters(self)
         self.encoder = encoder
-        # The item token is not part of any alignment prompt; training it here would only leave it unused.
-        if encoder.item_token_id is not None:
+        self.train_item_token = train_item_token and encoder.item_token_id is not None
+        if encoder.item_token_id is not None and not self.train_item_token:
             encoder.item_token_embedding.requires_grad_(False)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
@@ -59,7 +63,7 @@ class MIRMAlignmentModule(pl.LightningModule):
                              f"needs an image-text-to-text or decoder backbone")
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "connect"):
-            datamodule.connect(self.encoder.processor)
+            datamodule.connect(self.encoder.processor, self.encoder.item_token_id if self.train_item_token else None)
 
     def answer_loss(self, batch: AlignmentBatch) -> torch.Tensor:
         """Mean cross entropy of the answer tokens given everything before them."""

@@ -82,3 +82,25 @@ def test_rendering_and_answer_only_labels(catalog: ItemCatalog, tiny_qwen2_vl_di
     batch = collate_alignment([it, sa, ub], processor.pad_token_id)
     assert batch.labels.shape == batch.input_ids.shape and (batch.labels[batch.attention_mask == 0] == -100).all()
     assert np.isin(batch.input_ids[batch.mm_token_type_ids == 1].unique().numpy(), [151655]).all()
+
+
+def test_the_item_token_follows_every_item_in_every_prompt(catalog: ItemCatalog, tiny_qwen2_vl_dir: Path) -> None:
+    """With the encoder's ``[Cur_Item]`` id, each item of a prompt ends with it (after its image and text, as in
+    the encoder's own prompt), and it is never part of an answer; without, no prompt holds it."""
+    processor = load_backbone(str(tiny_qwen2_vl_dir), image_size=IMAGE_SIZE).processor
+    chosen = {e.mixture: e for e in examples(catalog)}
+    token = processor.pad_token_id + 1  # any id: the dataset only places it
+    rows = [chosen["it"], chosen["sa"], chosen["ub"]]
+    with_token = AlignmentDataset(catalog, rows, processor, item_text_tokens=16, max_answer_tokens=8,
+                                  item_token_id=token)
+    without = AlignmentDataset(catalog, rows, processor, item_text_tokens=16, max_answer_tokens=8)
+    for index, example in enumerate(rows):
+        sample, plain = with_token[index], without[index]
+        prompt = sample["input_ids"][sample["labels"] == IGNORE_INDEX]
+        assert int((prompt == token).sum()) == len(example.items)
+        assert not (sample["labels"] == token).any() and not (plain["input_ids"] == token).any()
+        assert len(sample["input_ids"]) == len(plain["input_ids"]) + len(example.items)
+    ub = with_token[2]["input_ids"].tolist()
+    last_item_text = processor.text_ids(catalog.text(chosen["ub"].items[-1]), 16)
+    end = max(position for position, token_id in enumerate(ub) if token_id == token)
+    assert ub[end - len(last_item_text):end] == last_item_text  # the token comes right after the item's text

@@ -7,6 +7,7 @@ auxiliary loss (DuoRec's :class:`DuoRecContrastiveLoss`) is the model's ``auxili
 every task that trains the model adds it.
 """
 
+import math
 from typing import Literal, Optional, Protocol, runtime_checkable
 
 import torch
@@ -29,11 +30,12 @@ class NextItemLoss(Protocol):
 @runtime_checkable
 class ContentNextItemLoss(Protocol):
     """A next-item loss of content user models, the type of ``MolarModule.loss``: it also takes each user's
-    items, which are never that user's negatives. The CLI accepts a ``class_path`` whose ``forward`` has this
-    signature (:class:`ContentInfoNCELoss`, :class:`SampledBCELoss`)."""
+    items, which are never that user's negatives, and the catalog id of each row of the item table, since an
+    end-to-end step embeds only some items and every process a different set of them. The CLI accepts a
+    ``class_path`` whose ``forward`` has this signature (:class:`ContentInfoNCELoss`, :class:`SampledBCELoss`)."""
 
     def forward(self, states: torch.Tensor, targets: torch.Tensor, item_table: torch.Tensor,
-                user_items: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
+                item_ids: torch.Tensor, user_items: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
         """Args as :meth:`ContentInfoNCELoss.forward`. Returns a scalar."""
         ...
 
@@ -98,10 +100,13 @@ class EmbeddingCollapseError(RuntimeError):
     """Every negative of every prediction was masked: the embeddings have collapsed (HLLM issues #15, #33)."""
 
 
-def owned_items(user_items: torch.Tensor, num_items: int) -> torch.Tensor:
-    """``[B, N + 1]`` bool, True where user ``b`` has item ``i`` (``user_items [B, H]``, 0 is padding)."""
-    owned = torch.zeros(len(user_items), num_items + 1, dtype=torch.bool, device=user_items.device)
-    return owned.scatter_(1, user_items, True)
+def table_rows(item_ids: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+    """Rows of ``wanted`` (catalog ids) in a table whose rows hold the ascending catalog ids ``item_ids``."""
+    rows = torch.searchsorted(item_ids, wanted).clamp_(max=len(item_ids) - 1)
+    if not bool((item_ids[rows] == wanted).all()):
+        raise ValueError("a target is not in the item table, or the table's item_ids are not ascending: the table "
+                         "must hold every target of the step, its rows in ascending catalog id")
+    return rows
 
 
 def _gather_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
@@ -116,7 +121,7 @@ def _gather_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class _LearnedScale(nn.Module):
-    """Cosine scores times a learnable scale (CLIP's logit scale): ``exp(log_scale)``, clamped at ``max_scale``."""
+    """Cosine scores times a learnable scale (CLIP's logit scale), ``exp(log_scale)`` at most ``max_scale``."""
 
     def __init__(self, initial_temperature: float, max_scale: float) -> None:
         super().__init__()
@@ -125,23 +130,29 @@ class _LearnedScale(nn.Module):
 
     @property
     def scale(self) -> torch.Tensor:
-        return self.log_scale.exp().clamp(max=self.max_scale)
+        """The parameter itself is clamped into ``[0, log(max_scale)]`` (as HLLM does), not its ``exp``: a
+        clamped ``exp`` has zero gradient above the bound, so the scale could never come back down."""
+        with torch.no_grad():
+            self.log_scale.clamp_(0.0, math.log(self.max_scale))
+        return self.log_scale.exp()
 
 
 class ContentInfoNCELoss(_LearnedScale):
     """HLLM's next-item InfoNCE for content user models (Molar's default DUEG loss, from the authors' code).
 
     Logits are cosine similarities times a learnable scale (initialised at 1/0.07, clamped at 100). Each
-    prediction's positive competes with one pool of uniformly drawn negatives shared by the batch and
-    gathered from every process. A negative is masked for a prediction when it is one of that user's items,
-    or when its cosine with the positive exceeds ``duplicate_threshold`` (near-duplicates of the positive are
-    not negatives). When embeddings collapse, that filter masks every negative and the loss drops to 0; the
-    loss then raises :class:`EmbeddingCollapseError` instead of letting training go on.
+    prediction's positive competes with one pool of negatives shared by the batch: every process draws rows of
+    its own item table uniformly, and the pool gathers every process's (catalog id, embedding) pairs, so the
+    tables may differ between processes (end-to-end steps embed different items). A negative is masked for a
+    prediction, by catalog id, when it is one of that user's items (the target included), or when its cosine
+    with the positive exceeds ``duplicate_threshold`` (near-duplicates of the positive are not negatives). When
+    embeddings collapse, that filter masks every negative and the loss drops to 0; the loss then raises
+    :class:`EmbeddingCollapseError` instead of letting training go on.
 
     Args:
         num_negatives: negatives drawn per process per step; the pool is ``world_size`` times larger.
         initial_temperature: the scale starts at ``1 / initial_temperature``.
-        max_scale: the scale is clamped at this value.
+        max_scale: the scale is clamped at this value (and at 1 from below, as in HLLM).
         duplicate_threshold: negatives whose cosine with the positive exceeds this are masked.
     """
 
@@ -154,19 +165,20 @@ class ContentInfoNCELoss(_LearnedScale):
         self.duplicate_threshold = duplicate_threshold
 
     def forward(self, states: torch.Tensor, targets: torch.Tensor, item_table: torch.Tensor,
-                user_items: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
-        """Args: ``states [M, D]``; ``targets [M]`` in ``1..N``; ``item_table [N + 1, D]``; ``user_items [B, H]``
-        the item ids of each user of the batch (0 is padding), never used as that user's negatives; ``owners
+                item_ids: torch.Tensor, user_items: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
+        """Args: ``states [M, D]``; ``targets [M]`` catalog ids in ``1..N``; ``item_table [K + 1, D]`` the
+        items this process embedded, row 0 padding; ``item_ids [K + 1]`` the catalog id of each row (0 for
+        row 0), ascending, every target among them (the whole catalog: ``arange(N + 1)``); ``user_items [B, H]``
+        the catalog ids of each user's items (0 is padding), never used as that user's negatives; ``owners
         [M]`` the row of ``user_items`` each prediction belongs to. Returns a scalar."""
-        num_items = item_table.shape[0] - 1
-        local = torch.randint(1, num_items + 1, (self.num_negatives,), device=states.device)
-        negative_ids = _gather_across_ranks(local)
-        negatives = F.normalize(_gather_across_ranks(item_table[local]), dim=-1)
+        rows = torch.randint(1, len(item_table), (self.num_negatives,), device=states.device)
+        negative_ids = _gather_across_ranks(item_ids[rows])
+        negatives = F.normalize(_gather_across_ranks(item_table[rows]), dim=-1)
         states = F.normalize(states, dim=-1)
-        positives = F.normalize(item_table[targets], dim=-1)
+        positives = F.normalize(item_table[table_rows(item_ids, targets)], dim=-1)
         positive_logits = (states * positives).sum(-1, keepdim=True)
         negative_logits = states @ negatives.T
-        masked = owned_items(user_items, num_items)[:, negative_ids][owners]
+        masked = (user_items[:, :, None] == negative_ids).any(1)[owners]  # [M, pool]: the user has the item
         masked |= negative_ids[None, :] == targets[:, None]
         masked |= positives @ negatives.T > self.duplicate_threshold
         if bool(masked.all()):
@@ -185,27 +197,27 @@ class SampledBCELoss(_LearnedScale):
     """Binary cross entropy with one uniformly drawn negative per positive (the Molar paper's DUEG loss).
 
     Logits are cosine similarities times a learnable scale, as in :class:`ContentInfoNCELoss`, so both
-    losses rank by the same score. A negative that is one of the user's items is redrawn once.
+    losses rank by the same score. Negatives are rows of this process's item table; one that is one of the
+    user's items (by catalog id) is redrawn once.
 
     Args:
         initial_temperature: the scale starts at ``1 / initial_temperature``.
-        max_scale: the scale is clamped at this value.
+        max_scale: the scale is clamped at this value (and at 1 from below, as in HLLM).
     """
 
     def __init__(self, initial_temperature: float = 0.07, max_scale: float = 100.0) -> None:
         super().__init__(initial_temperature, max_scale)
 
-
     def forward(self, states: torch.Tensor, targets: torch.Tensor, item_table: torch.Tensor,
-                user_items: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
+                item_ids: torch.Tensor, user_items: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
         """Args as :meth:`ContentInfoNCELoss.forward`. Returns a scalar."""
-        num_items = item_table.shape[0] - 1
-        negatives = torch.randint(1, num_items + 1, targets.shape, device=targets.device)
-        redraw = owned_items(user_items, num_items)[owners, negatives] | (negatives == targets)
-        negatives[redraw] = torch.randint(1, num_items + 1, (int(redraw.sum()),), device=targets.device)
+        rows = torch.randint(1, len(item_table), targets.shape, device=targets.device)
+        redraw = (user_items[owners] == item_ids[rows][:, None]).any(1) | (item_ids[rows] == targets)
+        rows[redraw] = torch.randint(1, len(item_table), (int(redraw.sum()),), device=targets.device)
         states = F.normalize(states, dim=-1)
-        positive = self.scale * (states * F.normalize(item_table[targets], dim=-1)).sum(-1)
-        negative = self.scale * (states * F.normalize(item_table[negatives], dim=-1)).sum(-1)
+        scale = self.scale
+        positive = scale * (states * F.normalize(item_table[table_rows(item_ids, targets)], dim=-1)).sum(-1)
+        negative = scale * (states * F.normalize(item_table[rows], dim=-1)).sum(-1)
         return -(F.logsigmoid(positive) + F.logsigmoid(-negative)).mean()
 
 

@@ -1,5 +1,5 @@
-"""Molar's content losses against hand computation: HLLM-style InfoNCE (scale, masks, collapse), the paper's
-sampled BCE, and the symmetric user-level post-alignment InfoNCE on a 3-user batch."""
+"""Molar's content losses against hand computation: HLLM-style InfoNCE (scale, masks by catalog id, collapse),
+the paper's sampled BCE, and the symmetric user-level post-alignment InfoNCE on a 3-user batch."""
 
 import inspect
 import math
@@ -36,7 +36,7 @@ def test_infonce_masks_the_users_items_and_near_duplicates() -> None:
     user_items = torch.tensor([[3, 0], [5, 1]])  # row 0 owns item 3, row 1 owns 5 and 1
     loss = ContentInfoNCELoss(num_negatives=8)
     torch.manual_seed(3)
-    value = loss(states, targets, table, user_items, torch.arange(2))
+    value = loss(states, targets, table, torch.arange(6), user_items, torch.arange(2))
     torch.manual_seed(3)
     negatives = torch.randint(1, 6, (8,)).tolist()
     scale = 1 / 0.07
@@ -55,6 +55,32 @@ def test_infonce_masks_the_users_items_and_near_duplicates() -> None:
     assert loss.scale.item() == pytest.approx(1 / 0.07)
 
 
+def test_infonce_over_a_partial_table_reads_rows_by_catalog_id() -> None:
+    """An end-to-end step's table holds some items only: targets and owned items are catalog ids, each
+    negative is a row, and it is masked by the catalog id that row holds."""
+    catalog = torch.randn(12, 3, generator=torch.Generator().manual_seed(1))
+    catalog[0] = 0
+    item_ids = torch.tensor([0, 2, 5, 7, 11])
+    states = torch.randn(2, 3, generator=torch.Generator().manual_seed(2))
+    targets, user_items = torch.tensor([5, 11]), torch.tensor([[2, 5], [7, 11]])
+    torch.manual_seed(4)
+    value = ContentInfoNCELoss(num_negatives=6)(states, targets, catalog[item_ids], item_ids, user_items,
+                                                torch.arange(2))
+    torch.manual_seed(4)
+    negatives = item_ids[torch.randint(1, 5, (6,))].tolist()
+    assert {2, 7} & set(negatives)  # some draws are another row's own items: masked for that row only
+    expected = 0.0
+    for row in range(2):
+        target = targets[row].item()
+        kept = [item for item in negatives if item not in user_items[row].tolist()
+                and cosine(catalog[target].tolist(), catalog[item].tolist()) <= 0.99]
+        logits = [cosine(states[row].tolist(), catalog[item].tolist()) / 0.07 for item in [target, *kept]]
+        expected += -(logits[0] - math.log(sum(math.exp(x) for x in logits))) / 2
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="not in the item table"):
+        ContentInfoNCELoss()(states, torch.tensor([5, 6]), catalog[item_ids], item_ids, user_items, torch.arange(2))
+
+
 def test_infonce_scale_is_clamped_at_100() -> None:
     loss = ContentInfoNCELoss()
     with torch.no_grad():
@@ -62,11 +88,27 @@ def test_infonce_scale_is_clamped_at_100() -> None:
     assert loss.scale.item() == pytest.approx(100.0)
 
 
+@pytest.mark.parametrize("loss", [ContentInfoNCELoss, SampledBCELoss], ids=["infonce", "bce"])
+def test_a_scale_past_its_clamp_still_learns_to_come_down(loss) -> None:
+    """The parameter is clamped, not its exp: at the bound the scale has a gradient, and where a larger scale
+    costs more (each state nearer its negatives than its positive) one SGD step lowers it below 100."""
+    loss = loss(num_negatives=4) if loss is ContentInfoNCELoss else loss()
+    with torch.no_grad():
+        loss.log_scale.fill_(math.log(500.0))
+    table = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    states = torch.tensor([[0.1, 1.0], [0.1, 1.0]])  # near items 2 and 3, but the targets are item 1
+    loss(states, torch.tensor([1, 1]), table, torch.arange(4), torch.zeros(1, 1, dtype=torch.long),
+         torch.zeros(2, dtype=torch.long)).backward()
+    assert loss.log_scale.grad.item() > 0
+    torch.optim.SGD(loss.parameters(), lr=0.1).step()
+    assert loss.scale.item() < 100.0
+
+
 def test_collapsed_embeddings_stop_training_with_a_clear_message() -> None:
     table = torch.ones(21, 4)  # every item the same vector: every negative is a "near-duplicate"
     table[0] = 0
     with pytest.raises(EmbeddingCollapseError, match="collapsed"):
-        ContentInfoNCELoss(num_negatives=16)(torch.randn(5, 4), torch.arange(1, 6), table,
+        ContentInfoNCELoss(num_negatives=16)(torch.randn(5, 4), torch.arange(1, 6), table, torch.arange(21),
                                              torch.zeros(1, 1, dtype=torch.long), torch.zeros(5, dtype=torch.long))
 
 
@@ -77,7 +119,7 @@ def test_sampled_bce_is_one_negative_per_positive() -> None:
     user_items = torch.tensor([[0], [9]])  # user 1 (rows 2, 3) owns item 9
     loss = SampledBCELoss()
     torch.manual_seed(7)
-    value = loss(states, targets, table, user_items, torch.tensor([0, 0, 1, 1]))
+    value = loss(states, targets, table, torch.arange(11), user_items, torch.tensor([0, 0, 1, 1]))
     torch.manual_seed(7)
     negatives = torch.randint(1, 11, (4,)).tolist()
     assert all(n != t for n, t in zip(negatives, targets.tolist()))  # no redraw happened with this seed
@@ -89,19 +131,27 @@ def test_sampled_bce_is_one_negative_per_positive() -> None:
     assert value.item() == pytest.approx(expected, rel=1e-5)
 
 
-def _two_rank_loss(rank: int, folder: str) -> None:
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _two_rank_loss(rank: int, folder: str, port: int) -> None:
     import os
 
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29517")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.manual_seed(0)
     table = torch.randn(31, 4)
     states = torch.randn(3, 4, requires_grad=True)
     torch.manual_seed(100 + rank)  # each rank draws its own pool
-    loss = ContentInfoNCELoss(num_negatives=5)(states, torch.tensor([1, 2, 3]), table, torch.tensor([[1, 2, 3]]),
-                                               torch.zeros(3, dtype=torch.long))
+    loss = ContentInfoNCELoss(num_negatives=5)(states, torch.tensor([1, 2, 3]), table, torch.arange(31),
+                                               torch.tensor([[1, 2, 3]]), torch.zeros(3, dtype=torch.long))
     loss.backward()
     torch.save({"loss": loss.detach(), "grad": states.grad}, f"{folder}/rank{rank}.pt")
     dist.destroy_process_group()
@@ -110,7 +160,7 @@ def _two_rank_loss(rank: int, folder: str) -> None:
 def test_negatives_are_gathered_from_every_process(tmp_path) -> None:
     import torch.multiprocessing as mp
 
-    mp.spawn(_two_rank_loss, args=(str(tmp_path),), nprocs=2)
+    mp.spawn(_two_rank_loss, args=(str(tmp_path), free_port()), nprocs=2)
     torch.manual_seed(0)
     table = torch.randn(31, 4)
     states = torch.randn(3, 4)

@@ -11,6 +11,8 @@ paper's "w/o CL" and never runs the ID model in training.
 
 Item embeddings come either from a frozen MIRM's on-disk cache (``molar embed``), loaded once into a buffer,
 or from a MIRM trained end to end, which embeds the items of each batch (plus random negatives) every step.
+The next-item loss names items by catalog id in both modes, so that under DDP the negatives every process
+draws from its own step table, and the masks on them, mean the same items everywhere.
 Validation and test return ``{"user_emb", "item_emb"}`` for
 :class:`~molar_lightning.callbacks.evaluation.RankingEvaluationCallback`, scored by the content path (cosine),
 the ID model alone, or a fused score.
@@ -229,14 +231,16 @@ class MolarModule(RankingTask):
         return self.item_adapter(self._catalog_table)
 
     def _train_items(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(item table, item_seq, target_seq) for a training step, ids remapped into that table.
+        """(item table, catalog id of each of its rows, item_seq as rows of that table) for a training step.
 
-        Cached: the whole table and the batch as it is. End to end: the step's items that the DataLoader's
-        workers prepared (``batch.step_items``: the batch's own plus ``negatives_per_step`` random ones),
-        embedded now, as rows ``1..K`` of a local table.
+        Cached: the whole table, and the batch as it is. End to end: the step's items that the DataLoader's
+        workers prepared (``batch.step_items``: the batch's own plus ``negatives_per_step`` random ones, in
+        ascending id), embedded now, as rows ``1..K`` of a local table that the user model reads through
+        remapped ids; the loss keeps the catalog ids.
         """
         if self.item_encoder is None:
-            return self.item_adapter(self.cached_items), batch.item_seq, batch.target_seq
+            table = self.item_adapter(self.cached_items)
+            return table, torch.arange(len(table), device=table.device), batch.item_seq
         if batch.step_items is None:
             raise ValueError("end-to-end training needs each batch's item inputs (TrainBatch.step_items), which "
                              "the DataModule's train_collate builds once ItemInputsCallback has set it up; add "
@@ -246,7 +250,7 @@ class MolarModule(RankingTask):
         local[ids] = torch.arange(1, len(ids) + 1, device=ids.device)
         embedded = self.encode_items(batch.step_items)
         table = torch.cat([embedded.new_zeros(1, embedded.shape[-1]), embedded])
-        return self.item_adapter(table), local[batch.item_seq], local[batch.target_seq]
+        return self.item_adapter(table), torch.cat([ids.new_zeros(1), ids]), local[batch.item_seq]
 
     def _embed_catalog(self) -> None:
         """End-to-end mode: every item's MIRM embedding, for ranking at validation and test."""
@@ -294,13 +298,13 @@ class MolarModule(RankingTask):
         return self
 
     def training_step(self, batch: TrainBatch, batch_idx: int) -> torch.Tensor:
-        table, item_seq, target_seq = self._train_items(batch)
+        table, table_ids, table_seq = self._train_items(batch)
         mask = batch.mask
-        states = self.user_states(table, item_seq, mask, batch.item_seq)
-        has_target = target_seq != 0
-        user_items = torch.cat([item_seq, target_seq], dim=1)
+        states = self.user_states(table, table_seq, mask, batch.item_seq)
+        has_target = batch.target_seq != 0
+        user_items = torch.cat([batch.item_seq, batch.target_seq], dim=1)
         owners = has_target.nonzero()[:, 0]
-        loss = self.loss(states[has_target], target_seq[has_target], table, user_items, owners)
+        loss = self.loss(states[has_target], batch.target_seq[has_target], table, table_ids, user_items, owners)
         self.log("train/next_item_loss", loss)
         if self.encoder is not None and (self.align_weight != 0 or self.train_encoder):
             if self.train_encoder:

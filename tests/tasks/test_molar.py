@@ -1,6 +1,7 @@
 """MolarModule on tiny data: the loss falls, alpha = 0 isolates the content path from the ID model, a frozen
 ID model loads from its checkpoint and stays put, the cached mode never runs MIRM while the end-to-end mode
-trains it, collapse stops training, and the fused score is what it says."""
+trains it (under DDP too, with negatives and masks in catalog ids), collapse stops training, and the fused
+score is what it says."""
 
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import save_file
 
-from molar_lightning.batch import TrainBatch
+from molar_lightning.batch import ItemBatch, TrainBatch
 from molar_lightning.callbacks.evaluation import RankingEvaluationCallback
 from molar_lightning.callbacks.item_embedding_cache import extract_item_embeddings
 from molar_lightning.callbacks.item_inputs import ItemInputsCallback
@@ -404,3 +405,99 @@ def test_shipped_molar_config_fits_tests_and_reloads_from_its_checkpoint(ml1m_di
     assert any(key.startswith("user_encoder.decoder.layers.0.") for key in saved)
     for key, value in saved.items():
         torch.testing.assert_close(module.state_dict()[key], value)
+
+
+# ----- end-to-end training under DDP: step tables differ per process --------------------------------------------
+E2E_ITEMS = 12
+E2E_TOKENS = 5
+# Each process embeds only its step's items (its batch's own plus random ones), so the two tables differ in size
+# and in which global ids their rows hold; only item 12 is in both.
+E2E_STEP_ITEMS = ([1, 2, 3, 5, 6, 8, 9, 10, 12], [4, 7, 11, 12])
+E2E_BATCHES = (  # (item_seq, target_seq) per process, in catalog ids
+    ([[1, 2, 3], [0, 6, 8]], [[2, 3, 5], [0, 8, 12]]),
+    ([[4, 7, 11], [0, 0, 12]], [[7, 11, 12], [0, 0, 4]]),
+)
+E2E_NEGATIVES = 8
+
+
+def e2e_item_inputs(item_ids) -> ItemBatch:
+    """Equal-length token rows, a fixed function of each catalog id (no padding, so an item embeds the same
+    whatever else is in its batch)."""
+    ids = torch.tensor(list(item_ids))
+    tokens = torch.tensor([[(item * 31 + j * 7) % 1000 + 10 for j in range(E2E_TOKENS)] for item in ids.tolist()])
+    return ItemBatch(ids, tokens, torch.ones_like(tokens), torch.full((len(ids),), E2E_TOKENS))
+
+
+def e2e_molar(backbone: str) -> MolarModule:
+    torch.manual_seed(0)
+    mirm = MultimodalItemEncoder(backbone, modality="text", pooling="mean", finetuning="lora")
+    module = MolarModule(SASRecUserEncoder(mirm.hidden_size, max_seq_len=3, hidden_size=8, inner_size=16, dropout=0.0,
+                                           attention_dropout=0.0),
+                         item_encoder=mirm, encoder=None, align_weight=0.0,
+                         loss=ContentInfoNCELoss(num_negatives=E2E_NEGATIVES))
+    module.connect_item_inputs(e2e_item_inputs, E2E_ITEMS)
+    return module.eval()  # no dropout: the step's embeddings are a function of the weights alone
+
+
+def _e2e_rank_step(rank: int, folder: str, port: int, backbone: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    module = e2e_molar(backbone)
+    item_seq, target_seq = (torch.tensor(part) for part in E2E_BATCHES[rank])
+    batch = TrainBatch(item_seq, target_seq, torch.tensor([2 * rank, 2 * rank + 1]),
+                       step_items=e2e_item_inputs(E2E_STEP_ITEMS[rank]))
+    module.log = lambda *args, **kwargs: None
+    torch.manual_seed(100 + rank)  # each process draws its own negatives among its table's rows
+    loss = module.training_step(batch, 0)
+    torch.save({"loss": loss.detach()}, f"{folder}/rank{rank}.pt")
+    dist.barrier()  # no process leaves while the other still talks to it (gloo aborts otherwise)
+    dist.destroy_process_group()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_end_to_end_negatives_and_masks_are_global_ids_across_processes(tiny_qwen2_dir: Path, tmp_path: Path) -> None:
+    """Two processes whose step tables have 9 and 4 rows: each process's loss is the InfoNCE over the negatives
+    both drew, named by catalog id, with each user's own items (wherever drawn) and the target masked."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_e2e_rank_step, args=(str(tmp_path), free_port(), str(tiny_qwen2_dir)), nprocs=2)
+    module = e2e_molar(str(tiny_qwen2_dir))
+    with torch.no_grad():
+        catalog = torch.cat([torch.zeros(1, module.item_encoder.hidden_size),
+                             module.embed_items(torch.arange(1, E2E_ITEMS + 1))])
+    pool = []  # the negatives of both processes, as catalog ids
+    for rank, step in enumerate(E2E_STEP_ITEMS):
+        torch.manual_seed(100 + rank)
+        pool += [step[row - 1] for row in torch.randint(1, len(step) + 1, (E2E_NEGATIVES,)).tolist()]
+    assert 12 in pool[:E2E_NEGATIVES]  # process 0 draws item 12, which process 1's users own
+    assert {4, 7, 11} & set(pool[E2E_NEGATIVES:])  # process 1 draws items that process 0's table does not hold
+    normed = F.normalize(catalog, dim=-1)
+
+    def expected_loss(rank: int, global_masks: bool = True) -> torch.Tensor:
+        item_seq, target_seq = (torch.tensor(part) for part in E2E_BATCHES[rank])
+        with torch.no_grad():
+            states = F.normalize(module.user_encoder.sequence_states(catalog[item_seq], item_seq != 0), dim=-1)
+        terms = []
+        for row, position in (target_seq != 0).nonzero().tolist():
+            target = int(target_seq[row, position])
+            owned = set(item_seq[row].tolist()) | set(target_seq[row].tolist()) if global_masks else {target}
+            kept = [item for item in pool if item not in owned and float(normed[target] @ normed[item]) <= 0.99]
+            logits = states[row, position] @ normed[[target, *kept]].T / 0.07
+            terms.append(-torch.log_softmax(logits, 0)[0])
+        return torch.stack(terms).mean()
+
+    for rank in range(2):
+        measured = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)["loss"]
+        torch.testing.assert_close(measured, expected_loss(rank), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(expected_loss(rank), expected_loss(rank, global_masks=False))  # masks matter

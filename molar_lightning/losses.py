@@ -222,26 +222,44 @@ class SampledBCELoss(_LearnedScale):
 
 
 class UserAlignmentLoss(nn.Module):
-    """Molar's post-alignment: symmetric InfoNCE between each user's content and ID embeddings.
+    """Molar's post-alignment (Eq. 4): symmetric InfoNCE between each user's content and ID embeddings.
 
-    Row ``b`` of both inputs is the same user; the other users of the batch are the negatives, in both
-    directions (content -> ID and ID -> content), on cosine similarity divided by ``temperature``.
+    Row ``b`` of both inputs is the same training window. On cosine similarity divided by ``temperature``,
+    each window's content embedding must pick its own ID embedding among the batch's (content -> ID), and its
+    ID embedding its own content embedding (ID -> content); the loss is the sum of the two directions' mean
+    cross entropies, as Eq. 4 sums them. The batch's other windows of the same user are not negatives: they
+    are the same user. With ``across_ranks`` the negatives are every process's windows, as one process over
+    the global batch would see them; gradients flow back to the process that computed each embedding.
 
     Args:
         temperature: tau; the paper leaves it open, 0.07 by default.
+        across_ranks: under DDP/FSDP, gather the other processes' windows as negatives (every process's batch
+            must have the same size, as Lightning's distributed sampler gives); false keeps each process's
+            batch alone.
     """
 
-    def __init__(self, temperature: float = 0.07) -> None:
+    def __init__(self, temperature: float = 0.07, across_ranks: bool = True) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.temperature = temperature
+        self.across_ranks = across_ranks
 
-    def forward(self, content: torch.Tensor, collaborative: torch.Tensor) -> torch.Tensor:
-        """Args: ``content [B, D]``, ``collaborative [B, D]``. Returns a scalar."""
-        logits = F.normalize(content, dim=-1) @ F.normalize(collaborative, dim=-1).T / self.temperature
-        labels = torch.arange(len(logits), device=logits.device)
-        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    def forward(self, content: torch.Tensor, collaborative: torch.Tensor, user_ids: torch.Tensor) -> torch.Tensor:
+        """Args: ``content [B, D]``, ``collaborative [B, D]``, ``user_ids [B]``. Returns a scalar."""
+        content, collaborative = F.normalize(content, dim=-1), F.normalize(collaborative, dim=-1)
+        all_content, all_collaborative, all_users = content, collaborative, user_ids
+        labels = torch.arange(len(content), device=content.device)
+        if self.across_ranks:
+            all_content, all_collaborative = _gather_across_ranks(content), _gather_across_ranks(collaborative)
+            all_users = _gather_across_ranks(user_ids)
+            if len(all_users) > len(user_ids):  # gathered: this process's windows follow those of lower ranks
+                labels = labels + torch.distributed.get_rank() * len(user_ids)
+        columns = torch.arange(len(all_users), device=labels.device)
+        same_user = (user_ids[:, None] == all_users[None, :]) & (labels[:, None] != columns[None, :])
+        to_id = (content @ all_collaborative.T / self.temperature).masked_fill(same_user, float("-inf"))
+        to_content = (collaborative @ all_content.T / self.temperature).masked_fill(same_user, float("-inf"))
+        return F.cross_entropy(to_id, labels) + F.cross_entropy(to_content, labels)
 
 
 def info_nce(

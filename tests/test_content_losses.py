@@ -1,5 +1,6 @@
 """Molar's content losses against hand computation: HLLM-style InfoNCE (scale, masks by catalog id, collapse),
-the paper's sampled BCE, and the symmetric user-level post-alignment InfoNCE on a 3-user batch."""
+the paper's sampled BCE, and the symmetric user-level post-alignment InfoNCE (Eq. 4: both directions summed,
+the same user's other windows masked, negatives gathered across processes)."""
 
 import inspect
 import math
@@ -16,17 +17,83 @@ def cosine(a: list[float], b: list[float]) -> float:
     return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
 
 
-def test_alignment_is_the_symmetric_infonce_of_a_3_user_batch() -> None:
+def alignment_by_hand(content: torch.Tensor, collaborative: torch.Tensor, users: list[int], tau: float) -> float:
+    """Eq. 4 term by term: for each window, both directions' cross entropy over the windows of other users."""
+    sims = [[cosine(c, d) / tau for d in collaborative.tolist()] for c in content.tolist()]
+    count = len(users)
+    total = 0.0
+    for i in range(count):
+        columns = [j for j in range(count) if j == i or users[j] != users[i]]
+        total += -(sims[i][i] - math.log(sum(math.exp(sims[i][j]) for j in columns))) / count  # content -> ID
+        total += -(sims[i][i] - math.log(sum(math.exp(sims[j][i]) for j in columns))) / count  # ID -> content
+    return total
+
+
+def test_alignment_sums_the_two_directions_of_a_3_user_batch() -> None:
     content = torch.tensor([[1.0, 0.0], [0.6, 0.8], [-1.0, 0.5]])
     collaborative = torch.tensor([[2.0, 0.1], [0.0, 1.0], [-0.3, -1.0]])
     tau = 0.07
     sims = [[cosine(c, d) / tau for d in collaborative.tolist()] for c in content.tolist()]
     content_to_id = [-(sims[i][i] - math.log(sum(math.exp(s) for s in sims[i]))) for i in range(3)]
     id_to_content = [-(sims[i][i] - math.log(sum(math.exp(sims[j][i]) for j in range(3)))) for i in range(3)]
-    expected = (sum(content_to_id) / 3 + sum(id_to_content) / 3) / 2
-    assert UserAlignmentLoss(tau)(content, collaborative).item() == pytest.approx(expected, rel=1e-5)
+    expected = sum(content_to_id) / 3 + sum(id_to_content) / 3  # summed, not averaged
+    users = torch.arange(3)
+    assert UserAlignmentLoss(tau)(content, collaborative, users).item() == pytest.approx(expected, rel=1e-5)
     # symmetric: swapping the two sides gives the same loss
-    assert UserAlignmentLoss(tau)(collaborative, content).item() == pytest.approx(expected, rel=1e-5)
+    assert UserAlignmentLoss(tau)(collaborative, content, users).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_alignment_never_uses_the_same_users_other_windows_as_negatives() -> None:
+    """Windows 0 and 2 are the same user: neither is the other's negative, in either direction."""
+    content = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.9, 0.2], [-1.0, 0.5]])
+    collaborative = torch.tensor([[2.0, 0.1], [0.0, 1.0], [1.0, 0.5], [-0.3, -1.0]])
+    users = [7, 3, 7, 5]
+    value = UserAlignmentLoss(0.1)(content, collaborative, torch.tensor(users)).item()
+    assert value == pytest.approx(alignment_by_hand(content, collaborative, users, 0.1), rel=1e-5)
+    assert value != pytest.approx(alignment_by_hand(content, collaborative, [0, 1, 2, 3], 0.1), rel=1e-3)
+
+
+ALIGN_CONTENT, ALIGN_COLLABORATIVE = torch.randn(12, 4, generator=torch.Generator().manual_seed(0)).split(6)
+ALIGN_COLLABORATIVE = ALIGN_COLLABORATIVE + 0.5 * ALIGN_CONTENT  # partly aligned, so the loss is not flat
+ALIGN_USERS = torch.tensor([0, 1, 2, 3, 1, 4])  # user 1 has a window in each process
+
+
+def _two_rank_alignment(rank: int, folder: str, port: int) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    mine = slice(3 * rank, 3 * rank + 3)
+    content = ALIGN_CONTENT[mine].clone().requires_grad_()
+    collaborative = ALIGN_COLLABORATIVE[mine].clone().requires_grad_()
+    loss = UserAlignmentLoss(0.1)(content, collaborative, ALIGN_USERS[mine])
+    loss.backward()
+    torch.save({"loss": loss.detach(), "content": content.grad, "collaborative": collaborative.grad},
+               f"{folder}/rank{rank}.pt")
+    dist.barrier()  # no process leaves while the other still talks to it (gloo aborts otherwise)
+    dist.destroy_process_group()
+
+
+def test_alignment_negatives_gathered_from_two_processes_equal_one_process_over_both_batches(tmp_path) -> None:
+    """Each process scores its 3 windows against all 6; averaged over the processes, as DDP averages, loss and
+    gradients equal one process's over the concatenated batch (user 1's two windows masked across processes)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_two_rank_alignment, args=(str(tmp_path), free_port()), nprocs=2)
+    content, collaborative = ALIGN_CONTENT.clone().requires_grad_(), ALIGN_COLLABORATIVE.clone().requires_grad_()
+    single = UserAlignmentLoss(0.1)(content, collaborative, ALIGN_USERS)
+    single.backward()
+    assert single.item() == pytest.approx(alignment_by_hand(ALIGN_CONTENT, ALIGN_COLLABORATIVE,
+                                                            ALIGN_USERS.tolist(), 0.1), rel=1e-5)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+    assert (ranks[0]["loss"] + ranks[1]["loss"]).item() / 2 == pytest.approx(single.item(), rel=1e-5)
+    for name, full in (("content", content.grad), ("collaborative", collaborative.grad)):
+        torch.testing.assert_close(torch.cat([ranks[0][name], ranks[1][name]]) / 2, full)
+    local = UserAlignmentLoss(0.1, across_ranks=False)  # per process, as before: 3 windows only
+    assert ranks[0]["loss"].item() != pytest.approx(local(ALIGN_CONTENT[:3], ALIGN_COLLABORATIVE[:3],
+                                                          ALIGN_USERS[:3]).item(), rel=1e-3)
 
 
 def test_infonce_masks_the_users_items_and_near_duplicates() -> None:

@@ -6,7 +6,8 @@ next-item prediction at every position (InfoNCE by default, the paper's sampled 
 collaborative path is an ID model (any :class:`~molar_lightning.models.protocol.IDSequenceEncoder`, SASRec by
 default) loaded from a :class:`~molar_lightning.tasks.sequential.SequentialRecModule` checkpoint and frozen,
 or trained jointly. Post-alignment adds ``align_weight`` times a symmetric InfoNCE between each user's
-content and ID embeddings (:class:`~molar_lightning.losses.UserAlignmentLoss`); ``align_weight: 0`` is the
+content and ID embeddings (:class:`~molar_lightning.losses.UserAlignmentLoss`, Eq. 4), the ID embedding first
+mapped to the content width by ``align_projection`` where the widths differ; ``align_weight: 0`` is the
 paper's "w/o CL" and never runs the ID model in training.
 
 Item embeddings come either from a frozen MIRM's on-disk cache (``molar embed``), loaded once into a buffer,
@@ -64,15 +65,34 @@ def load_encoder_weights(encoder: nn.Module, checkpoint: str) -> None:
     encoder.load_state_dict(weights)
 
 
-def adapted_width(item_adapter: nn.Module, width: int) -> int:
-    """Width of ``item_adapter``'s output for ``width``-wide items, probed in eval mode without gradients so
-    that adapters with batch statistics (``BatchNorm1d``) neither fail on the probe nor learn from it."""
-    was_training = item_adapter.training
-    item_adapter.eval()
+def adapted_width(adapter: nn.Module, width: int) -> int:
+    """Width of ``adapter``'s output for ``width``-wide inputs, probed in eval mode without gradients so that
+    adapters with batch statistics (``BatchNorm1d``) neither fail on the probe nor learn from it."""
+    was_training = adapter.training
+    adapter.eval()
     with torch.no_grad():
-        out = item_adapter(torch.zeros(2, width)).shape[-1]
-    item_adapter.train(was_training)
+        out = adapter(torch.zeros(2, width)).shape[-1]
+    adapter.train(was_training)
     return out
+
+
+def checked_align_projection(projection: Optional[nn.Module], id_width: int, width: int) -> nn.Module:
+    """``projection`` (identity when null) once it maps ``id_width`` to ``width``; refused otherwise, with the
+    setting that fixes it, since a map inserted silently would be a trainable part nobody configured."""
+    if projection is None and id_width == width:
+        return nn.Identity()
+    if projection is None:
+        raise ValueError(
+            f"post-alignment compares the ID model's {id_width}-wide user embedding with the {width}-wide content "
+            f"one: set model.init_args.align_projection, e.g. {{class_path: torch.nn.Linear, init_args: "
+            f"{{in_features: {id_width}, out_features: {width}}}}} (or align_weight: 0). Checkpoints written before "
+            f"this argument hold that Linear under align_projection.*: load them with the same setting, or "
+            f"MolarModule.load_from_checkpoint(path, align_projection=torch.nn.Linear({id_width}, {width}))")
+    out = adapted_width(projection, id_width)
+    if out != width:
+        raise ValueError(f"align_projection maps the ID model's {id_width}-wide user embedding to {out} dimensions, "
+                         f"but the content side is {width}-wide; set its output width to {width}")
+    return projection
 
 
 class MolarModule(RankingTask):
@@ -102,8 +122,15 @@ class MolarModule(RankingTask):
         train_encoder: train the ID model jointly with its own next-item loss (and its ``auxiliary_loss``, e.g.
             DuoRec's regulariser) added; by default it is frozen.
         encoder_loss: the ID model's next-item loss when ``train_encoder``; null means full-softmax CE.
-        align_weight: alpha, the weight of the post-alignment loss; 0 is "w/o CL".
+        align_weight: alpha, the weight of the post-alignment loss (the sum of its two directions, as in Eq. 4);
+            0 is "w/o CL".
         align_temperature: tau of the post-alignment InfoNCE.
+        align_projection: a trainable map from the ID model's user embedding to the content width (e.g.
+            ``torch.nn.Linear`` with ``in_features`` the ID width, ``out_features`` the item embedding width),
+            applied before post-alignment; required when the widths differ (SASRec's 64 against Qwen2-VL-2B's
+            1536), null uses the ID embedding as it is. Unused, and not kept, with ``align_weight: 0``.
+        align_across_ranks: under DDP/FSDP, the post-alignment negatives are every process's users, as a single
+            process over the global batch would see them; false keeps each process's batch alone.
         scoring: how validation/test rank items: ``content`` (cosine of the content user and item embeddings),
             ``id`` (the ID model alone) or ``fused`` (see ``fusion_weight``).
         fusion_weight: the fused score is ``(1 - w) * content cosine + w * ID cosine``.
@@ -131,6 +158,8 @@ class MolarModule(RankingTask):
         encoder_loss: Optional[NextItemLoss] = None,
         align_weight: float = 0.1,
         align_temperature: float = 0.07,
+        align_projection: Optional[nn.Module] = None,
+        align_across_ranks: bool = True,
         scoring: Literal["content", "id", "fused"] = "content",
         fusion_weight: float = 0.5,
         negatives_per_step: int = 256,
@@ -157,7 +186,7 @@ class MolarModule(RankingTask):
         self.item_encoder = item_encoder
         self.item_adapter = item_adapter if item_adapter is not None else nn.Identity()
         self.loss = loss if loss is not None else ContentInfoNCELoss()
-        self.align_loss = UserAlignmentLoss(align_temperature)
+        self.align_loss = UserAlignmentLoss(align_temperature, align_across_ranks)
         self.align_weight = align_weight
         self.id_tokens = id_tokens
         self.train_encoder = train_encoder
@@ -188,8 +217,8 @@ class MolarModule(RankingTask):
             encoder.requires_grad_(train_encoder)
             self.encoder_loss = encoder_loss if encoder_loss is not None else FullSoftmaxCrossEntropy()
             id_width = encoder.item_embeddings().shape[-1]
-            if id_width != width and align_weight != 0:
-                self.align_projection = nn.Linear(id_width, width)
+            if align_weight != 0:
+                self.align_projection = checked_align_projection(align_projection, id_width, width)
             if id_tokens:
                 self.id_token_projection = nn.Linear(id_width, width)
 
@@ -318,7 +347,7 @@ class MolarModule(RankingTask):
                 with torch.no_grad():
                     id_users = self.encoder.encode_sequence(batch.item_seq, mask, batch.user_ids)
             if self.align_weight != 0:
-                align = self.align_loss(states[:, -1], self.align_projection(id_users))
+                align = self.align_loss(states[:, -1], self.align_projection(id_users), batch.user_ids)
                 self.log("train/align_loss", align)
                 loss = loss + self.align_weight * align
         self.log("train/loss", loss, prog_bar=True)

@@ -1,7 +1,8 @@
 """MolarModule on tiny data: the loss falls, alpha = 0 isolates the content path from the ID model, a frozen
 ID model loads from its checkpoint and stays put, the cached mode never runs MIRM while the end-to-end mode
-trains it (under DDP too, with negatives and masks in catalog ids), collapse stops training, and the fused
-score is what it says."""
+trains it (under DDP too, with negatives and masks in catalog ids), post-alignment masks the batch's
+same-user windows and maps the ID width only through the configured projection, collapse stops training, and
+the fused score is what it says."""
 
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import save_file
+from torch import nn
 
 from molar_lightning.batch import ItemBatch, TrainBatch
 from molar_lightning.callbacks.evaluation import RankingEvaluationCallback
@@ -19,7 +21,7 @@ from molar_lightning.callbacks.item_inputs import ItemInputsCallback
 from molar_lightning.data.catalog import ItemCatalog
 from molar_lightning.data.datamodule import MovieLensDataModule
 from molar_lightning.data.synthetic import write_movielens
-from molar_lightning.losses import ContentInfoNCELoss, EmbeddingCollapseError, SampledBCELoss
+from molar_lightning.losses import ContentInfoNCELoss, EmbeddingCollapseError, SampledBCELoss, UserAlignmentLoss
 from molar_lightning.models.dueg import SASRecUserEncoder
 from molar_lightning.models.id.duorec import DuoRec
 from molar_lightning.models.id.sasrec import SASRec
@@ -29,6 +31,7 @@ from molar_lightning.tasks.molar import MolarModule
 from tests.models.conftest import qwen_tokenizer_dir, tiny_qwen2_dir  # noqa: F401 - fixtures
 
 WIDTH = 16
+ID_WIDTH = 8  # the ID models' width: post-alignment maps it to WIDTH through align_projection
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +53,7 @@ def item_file(datamodule, tmp_path_factory) -> str:
 
 def sasrec(num_items: int, seed: int) -> SASRec:
     torch.manual_seed(seed)
-    return SASRec(num_items, max_seq_len=10, hidden_size=8, num_heads=2, inner_size=16, dropout=0.0,
+    return SASRec(num_items, max_seq_len=10, hidden_size=ID_WIDTH, num_heads=2, inner_size=16, dropout=0.0,
                   attention_dropout=0.0)
 
 
@@ -59,6 +62,7 @@ def molar(datamodule, item_file: str, id_seed: int = 1, positions: int = 10, **o
     user_encoder = SASRecUserEncoder(WIDTH, max_seq_len=positions, hidden_size=16, inner_size=32, dropout=0.0,
                                      attention_dropout=0.0)
     options.setdefault("encoder", sasrec(datamodule.num_items, id_seed))
+    options.setdefault("align_projection", nn.Linear(ID_WIDTH, WIDTH))
     return MolarModule(user_encoder, item_embeddings=item_file, **options)
 
 
@@ -135,7 +139,7 @@ def test_a_jointly_trained_duorec_adds_its_contrastive_loss(datamodule, item_fil
     """DuoRec's regulariser applies wherever the ID model trains, here inside Molar; without dropout its two
     views are the same pass, so its value is 0.1 x an InfoNCE computed by hand over the 2B views."""
     torch.manual_seed(1)
-    duorec = DuoRec(datamodule.num_items, max_seq_len=10, hidden_size=8, num_heads=2, inner_size=16, dropout=0.0,
+    duorec = DuoRec(datamodule.num_items, max_seq_len=10, hidden_size=ID_WIDTH, num_heads=2, inner_size=16, dropout=0.0,
                     attention_dropout=0.0)
     module = molar(datamodule, item_file, encoder=duorec, train_encoder=True, align_weight=0.0).train()
     full = a_batch(datamodule)
@@ -198,6 +202,56 @@ def test_without_an_id_model_alignment_is_refused(datamodule, item_file: str) ->
         molar(datamodule, item_file, encoder=None)
 
 
+def test_alignment_masks_the_batchs_other_windows_of_each_user(datamodule, item_file: str, monkeypatch) -> None:
+    """The task hands the alignment loss the batch's user ids: windows of the same user are not negatives."""
+    module = molar(datamodule, item_file, align_weight=0.5)
+    batch = a_batch(datamodule)
+    assert len(batch.user_ids.unique()) < len(batch.user_ids)  # some users have several windows here
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **options: logged.update({name: value}))
+    loss = module.training_step(batch, 0)
+    with torch.no_grad():
+        content = module.user_states(module.item_table(), batch.item_seq, batch.mask, batch.item_seq)[:, -1]
+        collaborative = module.align_projection(module.encoder.encode_sequence(batch.item_seq, batch.mask))
+    torch.testing.assert_close(logged["train/align_loss"].detach(),
+                               UserAlignmentLoss(0.07)(content, collaborative, batch.user_ids))
+    unmasked = UserAlignmentLoss(0.07)(content, collaborative, torch.arange(len(batch.user_ids)))
+    assert not torch.allclose(logged["train/align_loss"].detach(), unmasked)
+    torch.testing.assert_close(loss, logged["train/next_item_loss"] + 0.5 * logged["train/align_loss"])
+
+
+def test_alignment_across_widths_needs_an_explicit_projection(datamodule, item_file: str) -> None:
+    with pytest.raises(ValueError, match=r"8-wide user embedding with the 16-wide.*align_projection.*"
+                                         r"in_features: 8, out_features: 16"):
+        molar(datamodule, item_file, align_projection=None)
+    with pytest.raises(ValueError, match="maps the ID model's 8-wide user embedding to 10 dimensions"):
+        molar(datamodule, item_file, align_projection=nn.Linear(ID_WIDTH, 10))
+    # equal widths need none; without alignment (w/o CL) none is used or kept
+    equal = molar(datamodule, item_file, encoder=SASRec(datamodule.num_items, max_seq_len=10, hidden_size=WIDTH),
+                  align_projection=None)
+    assert isinstance(equal.align_projection, nn.Identity)
+    assert isinstance(molar(datamodule, item_file, align_weight=0.0).align_projection, nn.Identity)
+
+
+def test_checkpoints_without_a_recorded_projection_load_with_one_given(datamodule, item_file: str,
+                                                                       tmp_path: Path) -> None:
+    """Checkpoints from before ``align_projection`` was an argument record no projection but hold the Linear
+    the task inserted under ``align_projection.*``; a checkpoint of a module built in Python records none
+    either. Loading one names the setting, and with it loads the saved Linear strictly."""
+    trained = molar(datamodule, item_file)
+    trainer(1, limit_train_batches=1, limit_val_batches=0, enable_checkpointing=True,
+            callbacks=[ModelCheckpoint(tmp_path, save_last=True)]).fit(trained, datamodule=datamodule)
+    last = tmp_path / "last.ckpt"
+    assert "align_projection" not in torch.load(last, weights_only=True)["hyper_parameters"]
+    parts = dict(user_encoder=trained.user_encoder, encoder=trained.encoder)
+    with pytest.raises(ValueError, match=r"align_projection=torch.nn.Linear\(8, 16\)"):
+        MolarModule.load_from_checkpoint(last, weights_only=True, **parts)
+    reloaded = MolarModule.load_from_checkpoint(last, weights_only=True, align_projection=nn.Linear(ID_WIDTH, WIDTH),
+                                                **parts)
+    torch.testing.assert_close(reloaded.align_projection.weight, trained.align_projection.weight)
+    torch.testing.assert_close(reloaded.align_projection.bias, trained.align_projection.bias)
+
+
 # ----- cached vs end-to-end MIRM --------------------------------------------------------------------------------
 class CountForwards:
     def __init__(self, monkeypatch) -> None:
@@ -225,7 +279,8 @@ def text_mirm(tiny_qwen2_dir: Path, finetuning: str) -> MultimodalItemEncoder:
 def content_molar(mirm_width: int, num_items: int, **options) -> MolarModule:
     torch.manual_seed(0)
     return MolarModule(SASRecUserEncoder(mirm_width, max_seq_len=6, hidden_size=8, inner_size=16),
-                       encoder=SASRec(num_items, max_seq_len=6, hidden_size=8, inner_size=16), **options)
+                       encoder=SASRec(num_items, max_seq_len=6, hidden_size=ID_WIDTH, inner_size=16),
+                       align_projection=nn.Linear(ID_WIDTH, mirm_width), **options)
 
 
 def test_cached_mode_never_runs_mirm(fixture_data, tiny_qwen2_dir: Path, tmp_path: Path, monkeypatch) -> None:
@@ -331,7 +386,8 @@ def test_end_to_end_checkpoints_keep_trainable_mirm_weights_only_and_load_back(f
     fresh = end_to_end(seed=1)  # other adapters and LoRA B still zero: other embeddings until loaded
     assert not torch.allclose(catalog_embeddings(fresh), expected)
     reloaded = MolarModule.load_from_checkpoint(last, weights_only=True, user_encoder=fresh.user_encoder,
-                                                encoder=fresh.encoder, item_encoder=fresh.item_encoder)
+                                                encoder=fresh.encoder, item_encoder=fresh.item_encoder,
+                                                align_projection=fresh.align_projection)
     torch.testing.assert_close(catalog_embeddings(reloaded), expected)
 
     resumed = end_to_end(seed=2)
@@ -380,6 +436,7 @@ def test_shipped_molar_config_fits_tests_and_reloads_from_its_checkpoint(ml1m_di
     main(["fit", "--config", str(Path(__file__).parents[2] / "configs/movielens/molar.yaml"),
           f"{dueg}backbone", str(tiny_qwen2_dir), f"{dueg}input_size", str(WIDTH),
           f"{dueg}gradient_checkpointing", "false",
+          "--model.init_args.align_projection.init_args.out_features", str(WIDTH),  # the config's 1536: Qwen2-VL-2B
           "--model.init_args.item_embeddings", str(tmp_path / "items.safetensors"),
           "--model.init_args.encoder_checkpoint", str(tmp_path / "id.ckpt"),
           "--model.init_args.align_weight", "0.2", "--model.init_args.align_temperature", "0.1",
@@ -392,6 +449,7 @@ def test_shipped_molar_config_fits_tests_and_reloads_from_its_checkpoint(ml1m_di
     module = MolarModule.load_from_checkpoint(best, weights_only=True)
     assert module.align_weight == 0.2 and module.align_loss.temperature == 0.1
     assert module.encoder.item_embeddings().shape == (11, 64)  # data.num_items reached the ID model
+    assert module.align_projection.weight.shape == (WIDTH, 64)  # the config's projection, rebuilt and loaded
     for key, value in pretrained.state_dict().items():  # frozen during alignment
         torch.testing.assert_close(module.encoder.state_dict()[key], value)
     state = torch.load(best, weights_only=True)

@@ -88,6 +88,9 @@ def content_overrides(config: str, items: str, args: argparse.Namespace) -> list
                   f"{model}lr_scheduler.init_args.warmup_steps", str(args.warmup_steps)]
     if config == "hllm":
         overrides += [f"{model}item_encoder", "null"]
+    if config.startswith("molar"):  # the ID side meets the ADAPTED-wide content side: FPMC's 128 through a Linear
+        overrides += ([f"{model}align_projection.init_args.out_features", str(ADAPTED)] if config == "molar_fpmc"
+                      else [f"{model}align_projection", "null"])
     return overrides
 
 

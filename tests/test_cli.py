@@ -139,7 +139,8 @@ def test_documented_help_commands_are_found() -> None:
 @pytest.mark.parametrize("task", ["SequentialRecModule", "MolarModule"])
 def test_model_help_lists_this_projects_classes_for_injected_parts(task: str, capsys) -> None:
     """Encoders, losses and the item encoder are typed by their protocols or classes, so their help lists this
-    project's classes, not every torch module (only ``item_adapter``, any ``nn.Module``, still does)."""
+    project's classes, not every torch module (only ``item_adapter`` and ``align_projection``, any ``nn.Module``,
+    still do)."""
     with pytest.raises(SystemExit):
         main(["fit", "--model.help", task])
     help_text = capsys.readouterr().out

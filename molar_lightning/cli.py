@@ -18,7 +18,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from molar_lightning.callbacks.evaluation import RankingEvaluationCallback
 from molar_lightning.callbacks.recommendations import RecommendationWriter
 from molar_lightning.callbacks.rng_state import RNGStateCallback
-from molar_lightning.config_keys import accepted, config_problem, given_config, resolve
+from molar_lightning.config_keys import accepted, asks_for_help, config_problem, given_config, resolve
 from molar_lightning.data.datamodule import SequentialDataModule
 # Imported so that jsonargparse knows them by their short names too (`--model.help SequentialRecModule`).
 from molar_lightning.models.id import duorec, fpmc, gru4rec, sasrec  # noqa: F401
@@ -58,13 +58,13 @@ class MolarCLI(LightningCLI):
         self.trainer.test(model, datamodule=kwargs.get("datamodule"), ckpt_path=best or None)
 
 
-def encoder_links(args: list[str]) -> tuple[str, ...]:
-    """The :data:`LINKED_TO_ENCODER` attributes that the encoder configured by ``args`` takes.
+def encoder_links(config: dict) -> tuple[str, ...]:
+    """The :data:`LINKED_TO_ENCODER` attributes that the encoder in ``config`` (:func:`given_config`) takes.
 
     Only those are linked, so the task's recorded config (and a checkpoint's) names none the encoder refuses;
     none for ``encoder: null`` (rows without an ID model), where jsonargparse 4.53 fails on any link into it.
     """
-    model = given_config(args).get("model")
+    model = config.get("model")
     init_args = (model.get("init_args") or {}) if isinstance(model, dict) else {}
     encoder = init_args.get("encoder", {})
     if encoder is None:
@@ -80,7 +80,8 @@ def build_cli(args: ArgsType = None, run: bool = True, description: Optional[str
     An unknown configuration key is refused first, with the keys that are valid where it was given.
     """
     argv = [str(arg) for arg in (sys.argv[1:] if args is None else args)]
-    problem = config_problem(argv, SECTIONS)
+    config = given_config(argv)
+    problem = None if asks_for_help(argv) else config_problem(config, SECTIONS)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
@@ -93,7 +94,7 @@ def build_cli(args: ArgsType = None, run: bool = True, description: Optional[str
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"callbacks": [RNGStateCallback(), RecommendationWriter()]},
         parser_kwargs={"description": description} if description else None,
-        encoder_links=encoder_links(argv),
+        encoder_links=encoder_links(config),
         args=args,
         run=run,
     )

@@ -30,14 +30,31 @@ def given_config(args: list[str]) -> dict:
             value, position = args[position + 1], position + 1
         position += 1
         if key == "config":
-            with open(value) as handle:
-                merge(config, yaml.safe_load(handle) or {})
+            merge(config, read_yaml_file(value))
         elif "." in key or key in ("trainer", "model", "data"):
-            nested: Any = yaml.safe_load(value) if value else None
+            nested: Any = read_yaml_value(value) if value else None
             for part in reversed(key.split(".")):
                 nested = {part: nested}
             merge(config, nested)
     return config
+
+
+def read_yaml_file(path: str) -> dict:
+    """A ``--config`` file's mapping; empty when it cannot be read, which jsonargparse then reports itself."""
+    try:
+        with open(path) as handle:
+            loaded = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def read_yaml_value(value: str) -> Any:
+    """An override's value as jsonargparse would read it: YAML, else the string itself."""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
 
 
 def merge(into: dict, update: dict) -> None:
@@ -100,12 +117,14 @@ def unknown_key(node: Any, where: str, cls: Any = None) -> Optional[str]:
     return None
 
 
-def config_problem(args: list[str], sections: dict[str, Any]) -> Optional[str]:
-    """The first unknown key in what ``args`` configure, or None. ``sections`` maps top-level keys with a fixed
-    class (``trainer`` -> ``Trainer``) to it; the other sections are checked through their ``class_path``."""
-    if any(arg in ("-h", "--help") or ".help" in arg or arg.startswith("--print_config") for arg in args):
-        return None
-    config = given_config(args)
+def asks_for_help(args: list[str]) -> bool:
+    """Whether ``args`` only ask for help or the resolved config, which need no complete configuration."""
+    return any(arg in ("-h", "--help") or ".help" in arg or arg.startswith("--print_config") for arg in args)
+
+
+def config_problem(config: dict, sections: dict[str, Any]) -> Optional[str]:
+    """The first unknown key in ``config`` (:func:`given_config`), or None. ``sections`` maps top-level keys with
+    a fixed class (``trainer`` -> ``Trainer``) to it; the other sections are checked through their ``class_path``."""
     for section, value in config.items():
         problem = unknown_key(value, section, sections.get(section)) if isinstance(value, dict) else None
         if problem:

@@ -14,11 +14,13 @@ from molar_lightning.cli import build_cli
 from molar_lightning.data.catalog import ItemCatalog
 
 DESCRIPTION = "item embeddings of an experiment's MIRM encoder into the on-disk cache (resumable)"
+USAGE = ("--embed.* options are embed's own; the rest build the experiment (--config X.yaml, --data..., --model..., "
+         "--trainer...) whose model.encoder embeds its data's items")
 
 
 def embed(args: list[str]) -> Optional[ItemEmbeddingCache]:
     """Run ``molar embed`` with ``args``; returns the finished cache (None for ``--help``)."""
-    parser = ArgumentParser(prog="molar embed", description=f"{DESCRIPTION}. {__doc__.split(chr(10) * 2)[1]}")
+    parser = ArgumentParser(prog="molar embed", description=f"{DESCRIPTION}. {USAGE}")
     parser.add_function_arguments(extract_item_embeddings, "embed", skip={"trainer", "module", "catalog"})
     own = {i for i, arg in enumerate(args) if arg.startswith("--embed.")
            or (i and args[i - 1].startswith("--embed.") and "=" not in args[i - 1])}

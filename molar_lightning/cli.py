@@ -55,6 +55,7 @@ class MolarCLI(LightningCLI):
         self.trainer.fit(model, **kwargs)
         checkpoint = self.trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None else ""
+        self.trainer.strategy.optimizers = []  # testing restores no optimizer (a sharded checkpoint would try)
         self.trainer.test(model, datamodule=kwargs.get("datamodule"), ckpt_path=best or None)
 
 

@@ -38,11 +38,11 @@ class ItemInputsCallback(pl.Callback):
             return collate_items(dataset.__getitems__([item_id - 1 for item_id in item_ids]), encoder.pad_token_id,
                                  pack=encoder.pack_sequences)
 
-        @lru_cache(maxsize=1)  # items are tokenized for length sorting once, not at every evaluation
-        def catalog_batches(batch_size: int) -> DataLoader:
-            """Every item, length-sorted, for every process; inputs built in the loader's workers."""
-            return item_loader(catalog, encoder, batch_size=batch_size, num_workers=datamodule.num_workers,
-                               shard=False)
+        @lru_cache(maxsize=1)  # a process's items are tokenized for length sorting once, not at every evaluation
+        def catalog_batches(batch_size: int, item_ids: tuple[int, ...]) -> DataLoader:
+            """Those items, length-sorted, all in this process; inputs built in the loader's workers."""
+            return item_loader(catalog, encoder, item_ids=item_ids, batch_size=batch_size,
+                               num_workers=datamodule.num_workers, shard=False)
 
         pl_module.connect_item_inputs(item_inputs, datamodule.num_items, catalog_batches)
         # Training batches carry their items' inputs, built in the DataLoader's workers beside the windows.

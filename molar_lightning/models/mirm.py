@@ -253,6 +253,26 @@ class MultimodalItemEncoder(nn.Module):
         hidden = self.backbone.base(**inputs).last_hidden_state
         return self._pool(hidden, input_ids, attention_mask, lengths, packed)
 
+    def answer_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        scored: torch.Tensor,
+        mm_token_type_ids: Optional[torch.Tensor] = None,
+        image_inputs: Optional[dict[str, torch.Tensor]] = None,
+    ) -> torch.Tensor:
+        """The LM head's logits ``[S, V]`` for the next token after each position where ``scored [B, L]`` is
+        True (stage-1 alignment's answers), computed at those positions only (no ``[B, L, V]`` tensor).
+
+        A method of the encoder, not of the task, so that under FSDP the call gathers the word embeddings and
+        the LM head (tied in Qwen2-VL-2B) as :meth:`forward` does."""
+        inputs = self.backbone.image_kwargs(input_ids, image_inputs or {})
+        inputs.update(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        if mm_token_type_ids is not None:
+            inputs["mm_token_type_ids"] = mm_token_type_ids
+        hidden = self.backbone.base(**inputs).last_hidden_state
+        return self.backbone.model.get_output_embeddings()(hidden[scored])
+
     def _position_ids(self, input_ids, attention_mask, lengths, mm_token_type_ids, image_grid_thw) -> torch.Tensor:
         """Every item's positions as if it were alone: ``[B, L]``, or ``[3 (+1), B, L]`` for M-RoPE models."""
         base = self.backbone.base
@@ -296,20 +316,25 @@ class MultimodalItemEncoder(nn.Module):
         return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
 
     # ----- persistence --------------------------------------------------------------------------------------
-    def save_pretrained(self, path: str) -> None:
+    def save_pretrained(self, path: str, state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
         """Write what :class:`MultimodalItemEncoder` loads back: the LoRA adapter (load with ``adapter_path``)
-        or the full backbone with tokenizer and image processor (load with ``backbone``), plus the item token."""
+        or the full backbone with tokenizer and image processor (load with ``backbone``), plus the item token.
+
+        ``state_dict``: this encoder's weights as gathered from FSDP shards
+        (:func:`molar_lightning.sharding.full_state_dict`); None reads them from the module."""
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
+        state = state_dict if state_dict is not None else self.state_dict()
+        model_state = {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
         if self.backbone.peft_model is not None:
-            self.backbone.peft_model.save_pretrained(str(folder))
+            self.backbone.peft_model.save_pretrained(str(folder), state_dict=model_state)
         else:
-            self.backbone.model.save_pretrained(str(folder))
+            self.backbone.model.save_pretrained(str(folder), state_dict=model_state)
             self.processor.tokenizer.save_pretrained(str(folder))
             if self.processor.image_processor is not None:
                 self.processor.image_processor.save_pretrained(str(folder))
         if self.item_token_id is not None:
-            save_file({"item_token": self.item_token_embedding.detach().float().cpu().contiguous()},
+            save_file({"item_token": state["item_token_embedding"].detach().float().cpu().contiguous()},
                       str(folder / ITEM_TOKEN_FILE))
 
     def settings(self) -> dict:

@@ -12,7 +12,6 @@ is written with ``MultimodalItemEncoder.save_pretrained`` in the form its constr
 import os
 from typing import Any, Optional
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -20,10 +19,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from molar_lightning.batch import IGNORE_INDEX, AlignmentBatch, ItemBatch
 from molar_lightning.models.mirm import MultimodalItemEncoder
 from molar_lightning.optim import trainable_weights_optimizer
+from molar_lightning.sharding import full_state_dict
 from molar_lightning.tasks.hyperparameters import record_hyperparameters
+from molar_lightning.tasks.sharded_task import ShardableTask
 
 
-class MIRMAlignmentModule(pl.LightningModule):
+class MIRMAlignmentModule(ShardableTask):
     """Answer-token cross entropy of the item model on alignment mixtures; item embeddings in ``predict``.
 
     Args:
@@ -67,14 +68,11 @@ class MIRMAlignmentModule(pl.LightningModule):
 
     def answer_loss(self, batch: AlignmentBatch) -> torch.Tensor:
         """Mean cross entropy of the answer tokens given everything before them."""
-        inputs = self.encoder.backbone.image_kwargs(batch.input_ids, batch.image_inputs)
-        inputs.update(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-        if batch.mm_token_type_ids is not None:
-            inputs["mm_token_type_ids"] = batch.mm_token_type_ids
-        hidden = self.encoder.backbone.base(**inputs).last_hidden_state
         targets = batch.labels[:, 1:]
         scored = targets != IGNORE_INDEX
-        logits = self.encoder.backbone.model.get_output_embeddings()(hidden[:, :-1][scored])
+        before_answer = torch.cat([scored, scored.new_zeros(len(scored), 1)], dim=1)  # position t predicts t + 1
+        logits = self.encoder.answer_logits(batch.input_ids, batch.attention_mask, before_answer,
+                                            batch.mm_token_type_ids, batch.image_inputs)
         return F.cross_entropy(logits.float(), targets[scored])
 
     def training_step(self, batch: AlignmentBatch, batch_idx: int) -> torch.Tensor:
@@ -93,14 +91,21 @@ class MIRMAlignmentModule(pl.LightningModule):
         return self.encoder(batch.input_ids, batch.attention_mask, batch.lengths, batch.mm_token_type_ids,
                             batch.image_inputs)
 
+    def sharded_parts(self) -> dict[str, tuple[str, ...]]:
+        return {"encoder": ("answer_logits",)}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.is_sharded:  # shard-wise checkpoints load every weight back
+            return
         trained = {name for name, parameter in self.named_parameters() if parameter.requires_grad}
         checkpoint["state_dict"] = {name: value for name, value in checkpoint["state_dict"].items() if name in trained}
 
     def on_train_end(self) -> None:
         folder = self.export_dir or os.path.join(self.trainer.log_dir or self.trainer.default_root_dir, "mirm_encoder")
+        # Under sharding every process takes part in gathering the weights; the first one writes them.
+        state = full_state_dict(self.encoder) if self.is_sharded else None
         if self.trainer.is_global_zero:
-            self.encoder.save_pretrained(folder)
+            self.encoder.save_pretrained(folder, state)
 
     def configure_optimizers(self):
         return trainable_weights_optimizer(self, self.optimizer, self.lr_scheduler)

@@ -33,6 +33,7 @@ from molar_lightning.losses import (ContentInfoNCELoss, ContentNextItemLoss, Ful
                                     UserAlignmentLoss)
 from molar_lightning.models.mirm import MultimodalItemEncoder
 from molar_lightning.models.protocol import ContentSequenceEncoder, IDSequenceEncoder
+from molar_lightning.sharding import holds_language_model
 from molar_lightning.tasks.hyperparameters import record_hyperparameters
 from molar_lightning.tasks.ranking_task import RankingTask
 from molar_lightning.tasks.sequential import add_auxiliary_loss
@@ -197,7 +198,7 @@ class MolarModule(RankingTask):
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self._item_inputs: Optional[Callable[[Sequence[int]], ItemBatch]] = None
-        self._catalog_batches: Optional[Callable[[int], Iterable[ItemBatch]]] = None
+        self._catalog_batches: Optional[Callable[[int, tuple[int, ...]], Iterable[ItemBatch]]] = None
         self._num_items = 0
         self._catalog_table: Optional[torch.Tensor] = None  # end-to-end mode: all items, for evaluation
         if item_embeddings is not None:
@@ -224,14 +225,15 @@ class MolarModule(RankingTask):
 
     # ----- item embeddings ----------------------------------------------------------------------------------
     def connect_item_inputs(self, item_inputs: Callable[[Sequence[int]], ItemBatch], num_items: int,
-                            catalog_batches: Optional[Callable[[int], Iterable[ItemBatch]]] = None) -> None:
+                            catalog_batches: Optional[Callable[[int, tuple[int, ...]], Iterable[ItemBatch]]] = None
+                            ) -> None:
         """End-to-end mode: ``item_inputs(item_ids)`` builds the MIRM inputs of those items, in that order,
-        for a catalog of ``num_items`` items; ``catalog_batches(batch_size)`` yields every item's inputs in
-        batches of any order (e.g. from DataLoader workers), by default through ``item_inputs``."""
+        for a catalog of ``num_items`` items; ``catalog_batches(batch_size, item_ids)`` yields the inputs of
+        those items in batches of any order (e.g. from DataLoader workers), by default through ``item_inputs``."""
         self._item_inputs = item_inputs
         self._num_items = num_items
-        self._catalog_batches = catalog_batches or (lambda batch_size: (
-            item_inputs(chunk.tolist()) for chunk in torch.arange(1, num_items + 1).split(batch_size)))
+        self._catalog_batches = catalog_batches or (lambda batch_size, item_ids: (
+            item_inputs(chunk.tolist()) for chunk in torch.tensor(item_ids).split(batch_size)))
 
     def setup(self, stage: str) -> None:
         if self.item_encoder is not None and self._item_inputs is None:
@@ -282,17 +284,27 @@ class MolarModule(RankingTask):
         return self.item_adapter(table), torch.cat([ids.new_zeros(1), ids]), local[batch.item_seq]
 
     def _embed_catalog(self) -> None:
-        """End-to-end mode: every item's MIRM embedding, for ranking at validation and test."""
+        """End-to-end mode: every item's MIRM embedding, for ranking at validation and test.
+
+        Each process embeds every ``world``-th item and the parts are all-gathered, so the table equals one
+        process's. The parts are padded to one length (repeating an item), since under FSDP every process
+        must run the MIRM as many times as the others."""
         if self.item_encoder is None:
             return
-        table = None
+        rank, world = self.global_rank, self.trainer.world_size
+        mine = list(range(1 + rank, self._num_items + 1, world))
+        mine += mine[-1:] * (-(-self._num_items // world) - len(mine))
+        ids, rows = [], []
         with torch.no_grad():
-            for batch in self._catalog_batches(self.item_batch_size):
+            for batch in self._catalog_batches(self.item_batch_size, tuple(mine)):
                 batch = self.transfer_batch_to_device(batch, self.device, 0)
-                rows = self.encode_items(batch).float()
-                if table is None:
-                    table = rows.new_zeros(self._num_items + 1, rows.shape[-1])
-                table[batch.item_ids] = rows
+                ids.append(batch.item_ids)
+                rows.append(self.encode_items(batch).float())
+        ids, rows = torch.cat(ids), torch.cat(rows)
+        if world > 1:
+            ids, rows = self.all_gather(ids).flatten(0, 1), self.all_gather(rows).flatten(0, 1)
+        table = rows.new_zeros(self._num_items + 1, rows.shape[-1])
+        table[ids] = rows
         self._catalog_table = table
 
     def on_validation_epoch_start(self) -> None:
@@ -353,7 +365,12 @@ class MolarModule(RankingTask):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    # ----- checkpoints --------------------------------------------------------------------------------------
+    # ----- sharding and checkpoints ------------------------------------------------------------------------
+    def sharded_parts(self) -> dict[str, tuple[str, ...]]:
+        """The MIRM (called through ``forward``) and an LLM user encoder (DUEG), under FSDP."""
+        parts = {"item_encoder": (), "user_encoder": ("sequence_states", "encode_sequence")}
+        return {name: methods for name, methods in parts.items() if holds_language_model(getattr(self, name))}
+
     def _rebuilt_weights(self) -> list[str]:
         """State-dict keys that the constructor loads again from pretrained backbone paths: everything of the
         end-to-end MIRM and of an LLM user encoder (DUEG) but their trainable parameters (LoRA adapters, the
@@ -367,13 +384,18 @@ class MolarModule(RankingTask):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Checkpoints keep the content backbones' trainable weights only: a frozen 2B MIRM is gigabytes, and
-        DUEG's word embeddings (never used) 0.9 GB, that the backbone paths already hold."""
+        DUEG's word embeddings (never used) 0.9 GB, that the backbone paths already hold. Under sharding
+        every weight is kept: a shard-wise checkpoint loads whole."""
+        if self.is_sharded:
+            return
         for key in self._rebuilt_weights():
             checkpoint["state_dict"].pop(key, None)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Put back the frozen weights a checkpoint left out, as this module loaded them from the backbone
         paths, so that resuming and ``load_from_checkpoint`` load strictly."""
+        if self.is_sharded:
+            return
         state, own = checkpoint["state_dict"], self.state_dict()
         for key in self._rebuilt_weights():
             state.setdefault(key, own[key])

@@ -7,16 +7,16 @@ returns each user's top-k unseen items for serving (``molar predict`` writes the
 
 from typing import Optional
 
-import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from molar_lightning.batch import EvalBatch
 from molar_lightning.metrics.ranking import recommendations
 from molar_lightning.optim import trainable_weights_optimizer
+from molar_lightning.tasks.sharded_task import ShardableTask
 
 
-class RankingTask(pl.LightningModule):
+class RankingTask(ShardableTask):
     """Subclasses set ``optimizer``, ``lr_scheduler`` and ``top_k`` and implement :meth:`_rank_inputs`."""
 
     optimizer: OptimizerCallable

@@ -59,6 +59,7 @@ class EvalBatch:
         return self.item_seq != 0
 
 
+PADDING_USER = -1  # user id of the rows that pad an evaluation shard to every process's length; never counted
 IGNORE_INDEX = -100  # label of prompt and padding tokens, which the alignment loss skips
 
 

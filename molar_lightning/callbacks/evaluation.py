@@ -18,7 +18,7 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
 
-from molar_lightning.batch import EvalBatch
+from molar_lightning.batch import PADDING_USER, EvalBatch
 from molar_lightning.metrics.ranking import METRIC_NAMES, RankingMetrics
 
 
@@ -115,7 +115,8 @@ def _update(metric: RankingMetrics, outputs: Any, batch: Any) -> None:
             '{"user_emb": [B, D], "item_emb": [N + 1, D]} for RankingEvaluationCallback.'
         )
         return
-    metric.update(outputs["user_emb"], outputs["item_emb"], batch.target, batch.history)
+    counted = batch.user_ids != PADDING_USER  # an even shard's repeated row (data/even_shards.py)
+    metric.update(outputs["user_emb"][counted], outputs["item_emb"], batch.target[counted], batch.history[counted])
 
 
 def _compute_and_log(

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from molar_lightning.batch import PADDING_USER
+
 
 class RecommendationWriter(BasePredictionWriter):
     """Write the top-k recommendations of ``predict`` as JSON lines, atomically, once per process.
@@ -39,6 +41,8 @@ class RecommendationWriter(BasePredictionWriter):
         for batch in batches:
             for user, items, scores in zip(batch["user_ids"].tolist(), batch["item_ids"].tolist(),
                                            batch["scores"].tolist()):
+                if user == PADDING_USER:  # an even shard's repeated row (data/even_shards.py)
+                    continue
                 kept = [(item, score) for item, score in zip(items, scores) if item != 0]
                 lines.append(json.dumps({
                     "user": raw_users[user] if raw_users else user,

@@ -8,7 +8,8 @@ pass-through nor a copied argument list.
 
 ``num_items`` and ``num_users`` are known right after construction (the canonical data set is prepared, or
 read from the cache, on first access), so the CLI can link them into the model's constructor.
-Validation and test loaders never repeat a user: under DDP each rank gets a disjoint shard and the
+Validation and test loaders never count a user twice: under DDP and FSDP each rank gets a disjoint shard, all
+of one length (a short one padded with a marked repeat, :mod:`molar_lightning.data.even_shards`), and the
 ranking metrics count every user exactly once.
 """
 
@@ -18,12 +19,12 @@ from typing import Callable, Literal, Optional
 
 import lightning.pytorch as pl
 import torch.distributed as dist
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
 from molar_lightning.data.collate import collate_eval, collate_train
+from molar_lightning.data.even_shards import EvenShardSampler, PaddedEvalDataset
 from molar_lightning.data.prepare import CanonicalDataset, PrepareParams, prepare_dataset
 from molar_lightning.data.raw import InteractionSource
 from molar_lightning.data.sequence_datasets import LeaveOneOutDataset, TrainWindowDataset
@@ -111,7 +112,8 @@ class SequentialDataModule(pl.LightningDataModule):
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
         sampler = None
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+            dataset = PaddedEvalDataset(dataset)
+            sampler = EvenShardSampler(dataset, dist.get_world_size(), dist.get_rank())
         return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, collate_fn=collate_eval,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 

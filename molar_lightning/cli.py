@@ -20,6 +20,7 @@ from molar_lightning.callbacks.recommendations import RecommendationWriter
 from molar_lightning.callbacks.rng_state import RNGStateCallback
 from molar_lightning.config_keys import accepted, asks_for_help, config_problem, given_config, resolve
 from molar_lightning.data.datamodule import SequentialDataModule
+from molar_lightning.launch_checks import launch_problem
 # Imported so that jsonargparse knows them by their short names too (`--model.help SequentialRecModule`).
 from molar_lightning.models.id import duorec, fpmc, gru4rec, sasrec  # noqa: F401
 from molar_lightning.tasks import mirm_alignment, molar, sequential  # noqa: F401
@@ -78,11 +79,12 @@ def encoder_links(config: dict) -> tuple[str, ...]:
 def build_cli(args: ArgsType = None, run: bool = True, description: Optional[str] = None) -> MolarCLI:
     """The LightningCLI behind ``molar fit|validate|test|predict``; ``run=False`` only builds the objects.
 
-    An unknown configuration key is refused first, with the keys that are valid where it was given.
+    An unknown configuration key is refused first, with the keys that are valid where it was given, then a
+    configuration that cannot work (:mod:`molar_lightning.launch_checks`).
     """
     argv = [str(arg) for arg in (sys.argv[1:] if args is None else args)]
     config = given_config(argv)
-    problem = None if asks_for_help(argv) else config_problem(config, SECTIONS)
+    problem = None if asks_for_help(argv) else config_problem(config, SECTIONS) or launch_problem(config)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)

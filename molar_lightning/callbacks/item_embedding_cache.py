@@ -31,6 +31,7 @@ from molar_lightning.data.item_inputs import item_loader
 
 CACHE_FORMAT = 1
 MERGED = "embeddings.safetensors"
+SOURCE = "source.json"  # the prepared data set the embeddings are of (molar_lightning.tasks.molar reads it)
 
 
 class StaleCacheError(RuntimeError):
@@ -47,6 +48,13 @@ def catalog_fingerprint(catalog: ItemCatalog) -> str:
             stat = path.stat()
             digest.update(f"{item_id}:{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -83,10 +91,7 @@ class ItemEmbeddingCache:
                                       f"or point the cache elsewhere")
         else:
             self.folder.mkdir(parents=True, exist_ok=True)
-            descriptor, temporary = tempfile.mkstemp(dir=self.folder, prefix=".meta.", suffix=".tmp")
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(json.dumps(self.meta, indent=2, sort_keys=True))
-            os.replace(temporary, meta_path)
+            _atomic_write_text(json.dumps(self.meta, indent=2, sort_keys=True), meta_path)
 
     @classmethod
     def for_encoder(cls, root: str, encoder, catalog: ItemCatalog) -> "ItemEmbeddingCache":
@@ -94,7 +99,12 @@ class ItemEmbeddingCache:
         meta = {"encoder": encoder.settings(), "weights": encoder.fingerprint(), "data": catalog_fingerprint(catalog),
                 "num_items": len(catalog), "dim": encoder.hidden_size}
         key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
-        return cls(Path(root) / key, meta)
+        cache = cls(Path(root) / key, meta)
+        # Beside the key (so that older caches keep their folders): which prepared data set the rows are of,
+        # which MolarModule compares with the data set it trains on.
+        source = json.dumps({"dataset": catalog.dataset.path.name, "num_items": len(catalog)}, indent=2)
+        _atomic_write_text(source, cache.folder / SOURCE)
+        return cache
 
     @property
     def num_items(self) -> int:

@@ -19,6 +19,7 @@ Validation and test return ``{"user_emb", "item_emb"}`` for
 the ID model alone, or a fused score.
 """
 
+import json
 from pathlib import Path
 from typing import Callable, Iterable, Literal, Optional, Sequence, Union
 
@@ -51,6 +52,24 @@ def load_item_table(path: Union[str, list[str]]) -> torch.Tensor:
         raise FileNotFoundError(f"item_embeddings: {file} does not exist; run `molar embed --config <MIRM yaml>` "
                                 f"and pass the folder it prints")
     return load_file(str(file))["embeddings"].float()
+
+
+def cache_problem(path: Union[str, list[str]], table: torch.Tensor, num_items: int, dataset: str) -> Optional[str]:
+    """Why the item table read from ``path`` does not belong to a data set of ``num_items`` items prepared as
+    ``dataset`` (its folder name, a digest of the raw files and parameters), or None; ``molar embed`` records
+    the data set beside the embeddings (``source.json``; caches written before it are checked by size only)."""
+    if len(table) != num_items + 1:
+        return (f"item_embeddings {path} has {len(table) - 1} items but the data set has {num_items}: it was "
+                f"embedded from other data; run `molar embed` with this data configuration and pass the folder "
+                f"it prints")
+    for part in [path] if isinstance(path, str) else path:
+        source = (Path(part) if Path(part).is_dir() else Path(part).parent) / "source.json"
+        recorded = json.loads(source.read_text())["dataset"] if source.is_file() else dataset
+        if recorded != dataset:
+            return (f"item_embeddings {part} was embedded from the prepared data set {recorded}, not {dataset} "
+                    f"(same item count, other data or preparation settings); run `molar embed` with this data "
+                    f"configuration and pass the folder it prints")
+    return None
 
 
 def load_encoder_weights(encoder: nn.Module, checkpoint: str) -> None:
@@ -236,6 +255,12 @@ class MolarModule(RankingTask):
             item_inputs(chunk.tolist()) for chunk in torch.tensor(item_ids).split(batch_size)))
 
     def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.item_encoder is None and hasattr(datamodule, "num_items") and hasattr(datamodule, "dataset"):
+            problem = cache_problem(self.hparams.item_embeddings, self.cached_items, datamodule.num_items,
+                                    datamodule.dataset.path.name)
+            if problem:
+                raise ValueError(problem)
         if self.item_encoder is not None and self._item_inputs is None:
             raise ValueError("end-to-end mode (item_encoder set) needs item contents: add "
                              "molar_lightning.callbacks.item_inputs.ItemInputsCallback to trainer.callbacks (or call "

@@ -109,15 +109,23 @@ def table_rows(item_ids: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
     return rows
 
 
-def _gather_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` of every process concatenated along dim 0 (gradients flow back to each local part)."""
+def gather_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` of every process concatenated along dim 0 (gradients flow back to each local part). The
+    processes may hold different numbers of rows (a last batch cut short): each is padded to the longest for
+    the gather and cut back after it."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return tensor
-    if torch.distributed.get_world_size() == 1:
+    world = torch.distributed.get_world_size()
+    if world == 1:
         return tensor
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(tensor.contiguous()))
+    rows = torch.tensor([len(tensor)], device=tensor.device)
+    counts = [torch.empty_like(rows) for _ in range(world)]
+    torch.distributed.all_gather(counts, rows)
+    longest = int(max(counts))
+    padded = torch.cat([tensor, tensor.new_zeros(longest - len(tensor), *tensor.shape[1:])]).contiguous()
+    return torch.cat([part[:int(count)] for part, count in zip(all_gather(padded), counts)])
 
 
 class _LearnedScale(nn.Module):
@@ -172,8 +180,8 @@ class ContentInfoNCELoss(_LearnedScale):
         the catalog ids of each user's items (0 is padding), never used as that user's negatives; ``owners
         [M]`` the row of ``user_items`` each prediction belongs to. Returns a scalar."""
         rows = torch.randint(1, len(item_table), (self.num_negatives,), device=states.device)
-        negative_ids = _gather_across_ranks(item_ids[rows])
-        negatives = F.normalize(_gather_across_ranks(item_table[rows]), dim=-1)
+        negative_ids = gather_across_ranks(item_ids[rows])
+        negatives = F.normalize(gather_across_ranks(item_table[rows]), dim=-1)
         states = F.normalize(states, dim=-1)
         positives = F.normalize(item_table[table_rows(item_ids, targets)], dim=-1)
         positive_logits = (states * positives).sum(-1, keepdim=True)
@@ -251,8 +259,8 @@ class UserAlignmentLoss(nn.Module):
         all_content, all_collaborative, all_users = content, collaborative, user_ids
         labels = torch.arange(len(content), device=content.device)
         if self.across_ranks:
-            all_content, all_collaborative = _gather_across_ranks(content), _gather_across_ranks(collaborative)
-            all_users = _gather_across_ranks(user_ids)
+            all_content, all_collaborative = gather_across_ranks(content), gather_across_ranks(collaborative)
+            all_users = gather_across_ranks(user_ids)
             if len(all_users) > len(user_ids):  # gathered: this process's windows follow those of lower ranks
                 labels = labels + torch.distributed.get_rank() * len(user_ids)
         columns = torch.arange(len(all_users), device=labels.device)

@@ -153,7 +153,7 @@ class Checks(pl.Callback):
         self.decoder_layers_sharded = all(isinstance(layer, FSDPModule)
                                           for layer in pl_module.user_encoder.decoder.layers)
         self.root_sharded = isinstance(pl_module.user_encoder, FSDPModule)
-        self.table_dtype = pl_module.cached_items.dtype
+        self.table_dtype = pl_module.items.table.dtype
 
 
 def test_bf16_sharding_keeps_the_cached_item_table_in_fp32(tiny_backbone: Path, tmp_path: Path) -> None:

@@ -10,66 +10,39 @@ content and ID embeddings (:class:`~molar_lightning.losses.UserAlignmentLoss`, E
 mapped to the content width by ``align_projection`` where the widths differ; ``align_weight: 0`` is the
 paper's "w/o CL" and never runs the ID model in training.
 
-Item embeddings come either from a frozen MIRM's on-disk cache (``molar embed``), loaded once into a buffer,
-or from a MIRM trained end to end, which embeds the items of each batch (plus random negatives) every step.
-The next-item loss names items by catalog id in both modes, so that under DDP the negatives every process
-draws from its own step table, and the masks on them, mean the same items everywhere.
+The task wires parts. The item side (:mod:`molar_lightning.tasks.item_side`) is a frozen MIRM's on-disk cache
+(``molar embed``), loaded once (``CachedItems``), or a MIRM trained end to end, which embeds the items of each
+batch (plus random negatives) every step and the whole catalog at evaluation (``EncodedItems``); either way
+the next-item loss names items by catalog id, so that under DDP and FSDP the negatives every process draws
+from its own step table, and the masks on them, mean the same items everywhere. Post-alignment is its own
+part (:mod:`molar_lightning.tasks.post_alignment`).
 Validation and test return ``{"user_emb", "item_emb"}`` for
 :class:`~molar_lightning.callbacks.evaluation.RankingEvaluationCallback`, scored by the content path (cosine),
 the ID model alone, or a fused score.
 """
 
-import json
 from pathlib import Path
 from typing import Callable, Iterable, Literal, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from safetensors.torch import load_file
 from torch import nn
 
 from molar_lightning.batch import EvalBatch, ItemBatch, TrainBatch
-from molar_lightning.losses import (ContentInfoNCELoss, ContentNextItemLoss, FullSoftmaxCrossEntropy, NextItemLoss,
-                                    UserAlignmentLoss)
+from molar_lightning.losses import ContentInfoNCELoss, ContentNextItemLoss, FullSoftmaxCrossEntropy, NextItemLoss
 from molar_lightning.models.mirm import MultimodalItemEncoder
 from molar_lightning.models.protocol import ContentSequenceEncoder, IDSequenceEncoder
+from molar_lightning.models.transformer import rename_legacy_keys
 from molar_lightning.sharding import holds_language_model
 from molar_lightning.tasks.hyperparameters import record_hyperparameters
+from molar_lightning.tasks.item_side import CachedItems, EncodedItems
+from molar_lightning.tasks.post_alignment import PostAlignment, adapted_width
 from molar_lightning.tasks.ranking_task import RankingTask
 from molar_lightning.tasks.sequential import add_auxiliary_loss
 
-CACHE_FILE = "embeddings.safetensors"
-
-
-def load_item_table(path: Union[str, list[str]]) -> torch.Tensor:
-    """``[N + 1, D]`` float32 from a finished cache folder (``molar embed`` prints it) or its safetensors file;
-    a list of them is concatenated feature-wise (e.g. text and image embeddings)."""
-    if not isinstance(path, str):
-        return torch.cat([load_item_table(part) for part in path], dim=-1)
-    file = Path(path) / CACHE_FILE if Path(path).is_dir() else Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"item_embeddings: {file} does not exist; run `molar embed --config <MIRM yaml>` "
-                                f"and pass the folder it prints")
-    return load_file(str(file))["embeddings"].float()
-
-
-def cache_problem(path: Union[str, list[str]], table: torch.Tensor, num_items: int, dataset: str) -> Optional[str]:
-    """Why the item table read from ``path`` does not belong to a data set of ``num_items`` items prepared as
-    ``dataset`` (its folder name, a digest of the raw files and parameters), or None; ``molar embed`` records
-    the data set beside the embeddings (``source.json``; caches written before it are checked by size only)."""
-    if len(table) != num_items + 1:
-        return (f"item_embeddings {path} has {len(table) - 1} items but the data set has {num_items}: it was "
-                f"embedded from other data; run `molar embed` with this data configuration and pass the folder "
-                f"it prints")
-    for part in [path] if isinstance(path, str) else path:
-        source = (Path(part) if Path(part).is_dir() else Path(part).parent) / "source.json"
-        recorded = json.loads(source.read_text())["dataset"] if source.is_file() else dataset
-        if recorded != dataset:
-            return (f"item_embeddings {part} was embedded from the prepared data set {recorded}, not {dataset} "
-                    f"(same item count, other data or preparation settings); run `molar embed` with this data "
-                    f"configuration and pass the folder it prints")
-    return None
+# Checkpoints written before the item side and post-alignment were parts of their own.
+LEGACY_KEYS = {"item_encoder.": "items.encoder.", "align_projection.": "post_alignment.projection."}
 
 
 def load_encoder_weights(encoder: nn.Module, checkpoint: str) -> None:
@@ -83,36 +56,6 @@ def load_encoder_weights(encoder: nn.Module, checkpoint: str) -> None:
         raise ValueError(f"encoder_checkpoint {checkpoint} has no encoder.* weights; pass a checkpoint written by "
                          f"`molar fit` with SequentialRecModule (runs/.../checkpoints/best-*.ckpt)")
     encoder.load_state_dict(weights)
-
-
-def adapted_width(adapter: nn.Module, width: int) -> int:
-    """Width of ``adapter``'s output for ``width``-wide inputs, probed in eval mode without gradients so that
-    adapters with batch statistics (``BatchNorm1d``) neither fail on the probe nor learn from it."""
-    was_training = adapter.training
-    adapter.eval()
-    with torch.no_grad():
-        out = adapter(torch.zeros(2, width)).shape[-1]
-    adapter.train(was_training)
-    return out
-
-
-def checked_align_projection(projection: Optional[nn.Module], id_width: int, width: int) -> nn.Module:
-    """``projection`` (identity when null) once it maps ``id_width`` to ``width``; refused otherwise, with the
-    setting that fixes it, since a map inserted silently would be a trainable part nobody configured."""
-    if projection is None and id_width == width:
-        return nn.Identity()
-    if projection is None:
-        raise ValueError(
-            f"post-alignment compares the ID model's {id_width}-wide user embedding with the {width}-wide content "
-            f"one: set model.init_args.align_projection, e.g. {{class_path: torch.nn.Linear, init_args: "
-            f"{{in_features: {id_width}, out_features: {width}}}}} (or align_weight: 0). Checkpoints written before "
-            f"this argument hold that Linear under align_projection.*: load them with the same setting, or "
-            f"MolarModule.load_from_checkpoint(path, align_projection=torch.nn.Linear({id_width}, {width}))")
-    out = adapted_width(projection, id_width)
-    if out != width:
-        raise ValueError(f"align_projection maps the ID model's {id_width}-wide user embedding to {out} dimensions, "
-                         f"but the content side is {width}-wide; set its output width to {width}")
-    return projection
 
 
 class MolarModule(RankingTask):
@@ -203,34 +146,23 @@ class MolarModule(RankingTask):
                              f"an encoder")
         self.user_encoder = user_encoder
         self.encoder = encoder
-        self.item_encoder = item_encoder
+        self.items = EncodedItems(item_encoder, item_batch_size) if item_encoder is not None else CachedItems(
+            item_embeddings)
         self.item_adapter = item_adapter if item_adapter is not None else nn.Identity()
         self.loss = loss if loss is not None else ContentInfoNCELoss()
-        self.align_loss = UserAlignmentLoss(align_temperature, align_across_ranks)
         self.align_weight = align_weight
         self.id_tokens = id_tokens
         self.train_encoder = train_encoder
         self.scoring = scoring
         self.fusion_weight = fusion_weight
         self.negatives_per_step = negatives_per_step
-        self.item_batch_size = item_batch_size
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
-        self._item_inputs: Optional[Callable[[Sequence[int]], ItemBatch]] = None
-        self._catalog_batches: Optional[Callable[[int, tuple[int, ...]], Iterable[ItemBatch]]] = None
-        self._num_items = 0
-        self._catalog_table: Optional[torch.Tensor] = None  # end-to-end mode: all items, for evaluation
-        if item_embeddings is not None:
-            self.register_buffer("cached_items", load_item_table(item_embeddings), persistent=False)
-            width = adapted_width(self.item_adapter, self.cached_items.shape[-1])
-        else:
-            width = item_encoder.hidden_size
-            if item_adapter is not None:
-                width = adapted_width(item_adapter, width)
+        width = adapted_width(self.item_adapter, self.items.width)
         if width != user_encoder.input_size:
             raise ValueError(f"item embeddings are {width}-dimensional (after item_adapter) but the user_encoder's "
                              f"input_size is {user_encoder.input_size}; set user_encoder.init_args.input_size: {width}")
-        self.align_projection: nn.Module = nn.Identity()
+        self.post_alignment: Optional[PostAlignment] = None
         if encoder is not None:
             if encoder_checkpoint is not None:
                 load_encoder_weights(encoder, encoder_checkpoint)
@@ -238,108 +170,52 @@ class MolarModule(RankingTask):
             self.encoder_loss = encoder_loss if encoder_loss is not None else FullSoftmaxCrossEntropy()
             id_width = encoder.item_embeddings().shape[-1]
             if align_weight != 0:
-                self.align_projection = checked_align_projection(align_projection, id_width, width)
+                self.post_alignment = PostAlignment(align_projection, id_width, width, align_temperature,
+                                                    align_across_ranks)
             if id_tokens:
                 self.id_token_projection = nn.Linear(id_width, width)
+        rename_legacy_keys(self, LEGACY_KEYS)
 
     # ----- item embeddings ----------------------------------------------------------------------------------
+    @property
+    def item_encoder(self) -> Optional[MultimodalItemEncoder]:
+        """The MIRM trained end to end; None in the cached mode."""
+        return self.items.encoder if isinstance(self.items, EncodedItems) else None
+
     def connect_item_inputs(self, item_inputs: Callable[[Sequence[int]], ItemBatch], num_items: int,
                             catalog_batches: Optional[Callable[[int, tuple[int, ...]], Iterable[ItemBatch]]] = None
                             ) -> None:
         """End-to-end mode: ``item_inputs(item_ids)`` builds the MIRM inputs of those items, in that order,
         for a catalog of ``num_items`` items; ``catalog_batches(batch_size, item_ids)`` yields the inputs of
         those items in batches of any order (e.g. from DataLoader workers), by default through ``item_inputs``."""
-        self._item_inputs = item_inputs
-        self._num_items = num_items
-        self._catalog_batches = catalog_batches or (lambda batch_size, item_ids: (
-            item_inputs(chunk.tolist()) for chunk in torch.tensor(item_ids).split(batch_size)))
+        self.items.connect(item_inputs, num_items, catalog_batches)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
-        if self.item_encoder is None and hasattr(datamodule, "num_items") and hasattr(datamodule, "dataset"):
-            problem = cache_problem(self.hparams.item_embeddings, self.cached_items, datamodule.num_items,
-                                    datamodule.dataset.path.name)
+        if hasattr(datamodule, "num_items") and hasattr(datamodule, "dataset"):
+            problem = self.items.data_problem(datamodule.num_items, datamodule.dataset.path.name)
             if problem:
                 raise ValueError(problem)
-        if self.item_encoder is not None and self._item_inputs is None:
+        if self.item_encoder is not None and self.items.item_inputs is None:
             raise ValueError("end-to-end mode (item_encoder set) needs item contents: add "
                              "molar_lightning.callbacks.item_inputs.ItemInputsCallback to trainer.callbacks (or call "
                              "MolarModule.connect_item_inputs), or use the frozen mode with item_embeddings")
 
-    def embed_items(self, item_ids: torch.Tensor) -> torch.Tensor:
-        """End-to-end mode: MIRM embeddings ``[K, H]`` of ``item_ids [K]``, their inputs built in this process."""
-        batch = self.transfer_batch_to_device(self._item_inputs(item_ids.tolist()), self.device, 0)
-        if not torch.equal(batch.item_ids, item_ids):
-            raise ValueError("item_inputs must return the items in the order asked for")
-        return self.encode_items(batch)
-
-    def encode_items(self, batch: ItemBatch) -> torch.Tensor:
-        """End-to-end mode: the MIRM forward over an item batch already on the device ``[K, H]``."""
-        return self.item_encoder(batch.input_ids, batch.attention_mask, batch.lengths, batch.mm_token_type_ids,
-                                 batch.image_inputs)
+    def to_device(self, batch: ItemBatch) -> ItemBatch:
+        return self.transfer_batch_to_device(batch, self.device, 0)
 
     def item_table(self) -> torch.Tensor:
-        """``[N + 1, D]``: every item's embedding after the adapter (cached, or the whole catalog end to end)."""
-        if self.item_encoder is None:
-            return self.item_adapter(self.cached_items)
-        if self._catalog_table is None:
-            raise RuntimeError("the end-to-end item table is built at the start of validation and test only")
-        return self.item_adapter(self._catalog_table)
-
-    def _train_items(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(item table, catalog id of each of its rows, item_seq as rows of that table) for a training step.
-
-        Cached: the whole table, and the batch as it is. End to end: the step's items that the DataLoader's
-        workers prepared (``batch.step_items``: the batch's own plus ``negatives_per_step`` random ones, in
-        ascending id), embedded now, as rows ``1..K`` of a local table that the user model reads through
-        remapped ids; the loss keeps the catalog ids.
-        """
-        if self.item_encoder is None:
-            table = self.item_adapter(self.cached_items)
-            return table, torch.arange(len(table), device=table.device), batch.item_seq
-        if batch.step_items is None:
-            raise ValueError("end-to-end training needs each batch's item inputs (TrainBatch.step_items), which "
-                             "the DataModule's train_collate builds once ItemInputsCallback has set it up; add "
-                             "molar_lightning.callbacks.item_inputs.ItemInputsCallback to trainer.callbacks")
-        ids = batch.step_items.item_ids
-        local = torch.zeros(self._num_items + 1, dtype=torch.long, device=ids.device)
-        local[ids] = torch.arange(1, len(ids) + 1, device=ids.device)
-        embedded = self.encode_items(batch.step_items)
-        table = torch.cat([embedded.new_zeros(1, embedded.shape[-1]), embedded])
-        return self.item_adapter(table), torch.cat([ids.new_zeros(1), ids]), local[batch.item_seq]
-
-    def _embed_catalog(self) -> None:
-        """End-to-end mode: every item's MIRM embedding, for ranking at validation and test.
-
-        Each process embeds every ``world``-th item and the parts are all-gathered, so the table equals one
-        process's. The parts are padded to one length (repeating an item), since under FSDP every process
-        must run the MIRM as many times as the others."""
-        if self.item_encoder is None:
-            return
-        rank, world = self.global_rank, self.trainer.world_size
-        mine = list(range(1 + rank, self._num_items + 1, world))
-        mine += mine[-1:] * (-(-self._num_items // world) - len(mine))
-        ids, rows = [], []
-        with torch.no_grad():
-            for batch in self._catalog_batches(self.item_batch_size, tuple(mine)):
-                batch = self.transfer_batch_to_device(batch, self.device, 0)
-                ids.append(batch.item_ids)
-                rows.append(self.encode_items(batch).float())
-        ids, rows = torch.cat(ids), torch.cat(rows)
-        if world > 1:
-            ids, rows = self.all_gather(ids).flatten(0, 1), self.all_gather(rows).flatten(0, 1)
-        table = rows.new_zeros(self._num_items + 1, rows.shape[-1])
-        table[ids] = rows
-        self._catalog_table = table
+        """``[N + 1, D]``: every item's embedding after the adapter (end to end: embedded at evaluation start)."""
+        return self.item_adapter(self.items.catalog())
 
     def on_validation_epoch_start(self) -> None:
-        self._embed_catalog()
+        self.items.embed_catalog(self.to_device)
 
     def on_test_epoch_start(self) -> None:
-        self._embed_catalog()
+        self.items.embed_catalog(self.to_device)
 
     def on_predict_epoch_start(self) -> None:
-        self._embed_catalog()
+        self.items.embed_catalog(self.to_device)
 
     def user_states(self, table: torch.Tensor, item_seq: torch.Tensor, mask: torch.Tensor,
                     id_seq: torch.Tensor, last_only: bool = False) -> torch.Tensor:
@@ -364,7 +240,8 @@ class MolarModule(RankingTask):
         return self
 
     def training_step(self, batch: TrainBatch, batch_idx: int) -> torch.Tensor:
-        table, table_ids, table_seq = self._train_items(batch)
+        table, table_ids, table_seq = self.items.training_items(batch, self.to_device)
+        table = self.item_adapter(table)
         mask = batch.mask
         states = self.user_states(table, table_seq, mask, batch.item_seq)
         has_target = batch.target_seq != 0
@@ -372,7 +249,7 @@ class MolarModule(RankingTask):
         owners = has_target.nonzero()[:, 0]
         loss = self.loss(states[has_target], batch.target_seq[has_target], table, table_ids, user_items, owners)
         self.log("train/next_item_loss", loss)
-        if self.encoder is not None and (self.align_weight != 0 or self.train_encoder):
+        if self.encoder is not None and (self.post_alignment is not None or self.train_encoder):
             if self.train_encoder:
                 id_states = self.encoder.sequence_states(batch.item_seq, mask, batch.user_ids)
                 id_loss = self.encoder_loss(id_states[has_target], batch.target_seq[has_target],
@@ -383,8 +260,8 @@ class MolarModule(RankingTask):
             else:
                 with torch.no_grad():
                     id_users = self.encoder.encode_sequence(batch.item_seq, mask, batch.user_ids)
-            if self.align_weight != 0:
-                align = self.align_loss(states[:, -1], self.align_projection(id_users), batch.user_ids)
+            if self.post_alignment is not None:
+                align = self.post_alignment(states[:, -1], id_users, batch.user_ids)
                 self.log("train/align_loss", align)
                 loss = loss + self.align_weight * align
         self.log("train/loss", loss, prog_bar=True)
@@ -401,8 +278,8 @@ class MolarModule(RankingTask):
         end-to-end MIRM and of an LLM user encoder (DUEG) but their trainable parameters (LoRA adapters, the
         ``[Cur_Item]`` vector; for DUEG at least its unused word embeddings). None for random-weight backbones
         (``backbone_config``), which nothing could restore."""
-        rebuilt = tuple(f"{name}." for name in ("item_encoder", "user_encoder")
-                        if getattr(getattr(self, name), "loaded_from_pretrained", False))
+        parts = {"items.encoder.": self.item_encoder, "user_encoder.": self.user_encoder}
+        rebuilt = tuple(prefix for prefix, part in parts.items() if getattr(part, "loaded_from_pretrained", False))
         trainable = {name for name, parameter in self.named_parameters(remove_duplicate=False)
                      if parameter.requires_grad}
         return [key for key in self.state_dict() if key.startswith(rebuilt) and key not in trainable]

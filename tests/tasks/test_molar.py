@@ -27,6 +27,7 @@ from molar_lightning.models.id.duorec import DuoRec
 from molar_lightning.models.id.sasrec import SASRec
 from molar_lightning.models.mirm import MultimodalItemEncoder
 from molar_lightning.tasks.mirm_alignment import MIRMAlignmentModule
+from molar_lightning.tasks.item_side import EncodedItems
 from molar_lightning.tasks.molar import MolarModule
 from tests.models.conftest import qwen_tokenizer_dir, tiny_qwen2_dir  # noqa: F401 - fixtures
 
@@ -212,7 +213,7 @@ def test_alignment_masks_the_batchs_other_windows_of_each_user(datamodule, item_
     loss = module.training_step(batch, 0)
     with torch.no_grad():
         content = module.user_states(module.item_table(), batch.item_seq, batch.mask, batch.item_seq)[:, -1]
-        collaborative = module.align_projection(module.encoder.encode_sequence(batch.item_seq, batch.mask))
+        collaborative = module.post_alignment.projection(module.encoder.encode_sequence(batch.item_seq, batch.mask))
     torch.testing.assert_close(logged["train/align_loss"].detach(),
                                UserAlignmentLoss(0.07)(content, collaborative, batch.user_ids))
     unmasked = UserAlignmentLoss(0.07)(content, collaborative, torch.arange(len(batch.user_ids)))
@@ -229,8 +230,8 @@ def test_alignment_across_widths_needs_an_explicit_projection(datamodule, item_f
     # equal widths need none; without alignment (w/o CL) none is used or kept
     equal = molar(datamodule, item_file, encoder=SASRec(datamodule.num_items, max_seq_len=10, hidden_size=WIDTH),
                   align_projection=None)
-    assert isinstance(equal.align_projection, nn.Identity)
-    assert isinstance(molar(datamodule, item_file, align_weight=0.0).align_projection, nn.Identity)
+    assert isinstance(equal.post_alignment.projection, nn.Identity)
+    assert molar(datamodule, item_file, align_weight=0.0).post_alignment is None
 
 
 def test_checkpoints_without_a_recorded_projection_load_with_one_given(datamodule, item_file: str,
@@ -248,8 +249,8 @@ def test_checkpoints_without_a_recorded_projection_load_with_one_given(datamodul
         MolarModule.load_from_checkpoint(last, weights_only=True, **parts)
     reloaded = MolarModule.load_from_checkpoint(last, weights_only=True, align_projection=nn.Linear(ID_WIDTH, WIDTH),
                                                 **parts)
-    torch.testing.assert_close(reloaded.align_projection.weight, trained.align_projection.weight)
-    torch.testing.assert_close(reloaded.align_projection.bias, trained.align_projection.bias)
+    torch.testing.assert_close(reloaded.post_alignment.projection.weight, trained.post_alignment.projection.weight)
+    torch.testing.assert_close(reloaded.post_alignment.projection.bias, trained.post_alignment.projection.bias)
 
 
 # ----- cached vs end-to-end MIRM --------------------------------------------------------------------------------
@@ -292,7 +293,7 @@ def test_cached_mode_never_runs_mirm(fixture_data, tiny_qwen2_dir: Path, tmp_pat
     module = content_molar(mirm.hidden_size, fixture_data.num_items, item_embeddings=str(cache.folder))
     trainer(1, callbacks=[RankingEvaluationCallback()], default_root_dir=tmp_path).fit(module, datamodule=fixture_data)
     assert counter.calls == 0
-    torch.testing.assert_close(module.cached_items, cache.load())
+    torch.testing.assert_close(module.items.table, cache.load())
 
 
 def test_end_to_end_mode_trains_mirm_on_the_batch_items(fixture_data, tiny_qwen2_dir: Path, tmp_path: Path,
@@ -316,17 +317,17 @@ def test_end_to_end_training_items_are_built_in_the_dataloader_workers(ml1m_dir:
     mirm = text_mirm(tiny_qwen2_dir, "lora")
     module = content_molar(mirm.hidden_size, data.num_items, item_encoder=mirm, negatives_per_step=3)
     built_in_main = []
-    monkeypatch.setattr(MolarModule, "embed_items", lambda self, ids: built_in_main.append(ids))
+    monkeypatch.setattr(EncodedItems, "embed", lambda self, ids, to_device: built_in_main.append(ids))
     counter = CountForwards(monkeypatch)
     run = trainer(1, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, default_root_dir=tmp_path,
                   callbacks=[ItemInputsCallback(), RankingEvaluationCallback()])
     run.fit(module, datamodule=data)
-    catalog_forwards = -(-data.num_items // module.item_batch_size)  # validation embeds the catalog once
+    catalog_forwards = -(-data.num_items // module.items.item_batch_size)  # validation embeds the catalog once
     assert run.global_step == 2 and counter.calls == 2 + catalog_forwards and not built_in_main
     monkeypatch.undo()
     with torch.no_grad():  # the catalog the workers built equals the items embedded one request at a time
-        expected = module.eval().embed_items(torch.arange(1, data.num_items + 1))
-    torch.testing.assert_close(module._catalog_table[1:], expected)
+        expected = module.eval().items.embed(torch.arange(1, data.num_items + 1), module.to_device)
+    torch.testing.assert_close(module.items.table[1:], expected)
 
     batch = next(iter(data.train_dataloader()))  # what the worker sent: the batch's items, then random ones
     own = torch.cat([batch.item_seq.flatten(), batch.target_seq.flatten()]).unique()
@@ -334,7 +335,7 @@ def test_end_to_end_training_items_are_built_in_the_dataloader_workers(ml1m_dir:
     step = batch.step_items.item_ids
     assert torch.equal(step, step.sort().values) and set(own.tolist()) <= set(step.tolist())
     assert len(step) <= len(own) + 3
-    expected = module._item_inputs(step.tolist())
+    expected = module.items.item_inputs(step.tolist())
     assert torch.equal(batch.step_items.input_ids, expected.input_ids)
 
 
@@ -366,19 +367,19 @@ def test_end_to_end_checkpoints_keep_trainable_mirm_weights_only_and_load_back(f
         return run
 
     def catalog_embeddings(module: MolarModule) -> torch.Tensor:
-        module.connect_item_inputs(trained._item_inputs, fixture_data.num_items)
+        module.connect_item_inputs(trained.items.item_inputs, fixture_data.num_items)
         with torch.no_grad():
-            return module.eval().embed_items(torch.arange(1, fixture_data.num_items + 1))
+            return module.eval().items.embed(torch.arange(1, fixture_data.num_items + 1), module.to_device)
 
     trained = end_to_end(seed=0)
     fit(trained, 1)
     last = tmp_path / "ckpt" / "last.ckpt"
     state = torch.load(last, weights_only=True)["state_dict"]
-    saved = {key for key in state if key.startswith("item_encoder.")}
-    trainable = {f"item_encoder.{name}" for name, p in trained.item_encoder.named_parameters() if p.requires_grad}
+    saved = {key for key in state if key.startswith("items.encoder.")}
+    trainable = {f"items.encoder.{name}" for name, p in trained.item_encoder.named_parameters() if p.requires_grad}
     assert saved == trainable
-    assert "item_encoder.item_token_embedding" in saved and any("lora_B" in key for key in saved)
-    assert all(key in state for key in trained.state_dict() if not key.startswith("item_encoder."))
+    assert "items.encoder.item_token_embedding" in saved and any("lora_B" in key for key in saved)
+    assert all(key in state for key in trained.state_dict() if not key.startswith("items.encoder."))
     torch.save(trained.state_dict(), tmp_path / "everything.pt")
     assert last.stat().st_size < (tmp_path / "everything.pt").stat().st_size / 10
 
@@ -387,7 +388,7 @@ def test_end_to_end_checkpoints_keep_trainable_mirm_weights_only_and_load_back(f
     assert not torch.allclose(catalog_embeddings(fresh), expected)
     reloaded = MolarModule.load_from_checkpoint(last, weights_only=True, user_encoder=fresh.user_encoder,
                                                 encoder=fresh.encoder, item_encoder=fresh.item_encoder,
-                                                align_projection=fresh.align_projection)
+                                                align_projection=fresh.post_alignment.projection)
     torch.testing.assert_close(catalog_embeddings(reloaded), expected)
 
     resumed = end_to_end(seed=2)
@@ -447,9 +448,9 @@ def test_shipped_molar_config_fits_tests_and_reloads_from_its_checkpoint(ml1m_di
     assert (tmp_path / "run" / "results.json").is_file()
     (best,) = (tmp_path / "run").rglob("best-*.ckpt")
     module = MolarModule.load_from_checkpoint(best, weights_only=True)
-    assert module.align_weight == 0.2 and module.align_loss.temperature == 0.1
+    assert module.align_weight == 0.2 and module.post_alignment.loss.temperature == 0.1
     assert module.encoder.item_embeddings().shape == (11, 64)  # data.num_items reached the ID model
-    assert module.align_projection.weight.shape == (WIDTH, 64)  # the config's projection, rebuilt and loaded
+    assert module.post_alignment.projection.weight.shape == (WIDTH, 64)  # the config's projection, rebuilt and loaded
     for key, value in pretrained.state_dict().items():  # frozen during alignment
         torch.testing.assert_close(module.encoder.state_dict()[key], value)
     state = torch.load(best, weights_only=True)
@@ -533,7 +534,7 @@ def test_end_to_end_negatives_and_masks_are_global_ids_across_processes(tiny_qwe
     module = e2e_molar(str(tiny_qwen2_dir))
     with torch.no_grad():
         catalog = torch.cat([torch.zeros(1, module.item_encoder.hidden_size),
-                             module.embed_items(torch.arange(1, E2E_ITEMS + 1))])
+                             module.items.embed(torch.arange(1, E2E_ITEMS + 1), module.to_device)])
     pool = []  # the negatives of both processes, as catalog ids
     for rank, step in enumerate(E2E_STEP_ITEMS):
         torch.manual_seed(100 + rank)

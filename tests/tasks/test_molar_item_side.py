@@ -1,0 +1,44 @@
+"""MolarModule's item side and post-alignment as parts: end to end, ``[Cur_Item]`` trains in stage 2 where
+it is read; checkpoints written under the earlier attribute names load strictly."""
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from molar_lightning.callbacks.item_inputs import ItemInputsCallback
+from molar_lightning.tasks.molar import MolarModule
+from tests.models.conftest import qwen_tokenizer_dir, tiny_qwen2_dir  # noqa: F401 - fixtures
+from tests.tasks.test_molar import content_molar, fixture_data, lora_mirm, trainer  # noqa: F401 - fixtures
+
+
+class ItemTokenGradient(pl.Callback):
+    def on_after_backward(self, trainer, pl_module: MolarModule) -> None:
+        self.norm = float(pl_module.item_encoder.item_token_embedding.grad.norm())
+
+
+def test_the_item_token_gets_gradient_in_stage_two(fixture_data, tiny_qwen2_dir: Path) -> None:
+    mirm = lora_mirm(tiny_qwen2_dir, seed=0)
+    module = content_molar(mirm.hidden_size, fixture_data.num_items, item_encoder=mirm, negatives_per_step=3)
+    gradient = ItemTokenGradient()
+    trainer(1, limit_train_batches=1, limit_val_batches=0,
+            callbacks=[ItemInputsCallback(), gradient]).fit(module, datamodule=fixture_data)
+    assert gradient.norm > 0
+
+
+def test_checkpoints_under_the_earlier_names_load_strictly(fixture_data, tiny_qwen2_dir: Path) -> None:
+    """Before the item side and post-alignment were parts, the MIRM was ``item_encoder.*`` and the ID-to-content
+    map ``align_projection.*``."""
+    mirm = lora_mirm(tiny_qwen2_dir, seed=0)
+    trained = content_molar(mirm.hidden_size, fixture_data.num_items, item_encoder=mirm)
+    renamed = {"items.encoder.": "item_encoder.", "post_alignment.projection.": "align_projection."}
+    earlier = {}
+    for key, value in trained.state_dict().items():
+        new = next((prefix for prefix in renamed if key.startswith(prefix)), None)
+        earlier[renamed[new] + key[len(new):] if new else key] = value
+    assert any(key.startswith("item_encoder.") for key in earlier)
+    assert any(key.startswith("align_projection.") for key in earlier)
+    fresh = content_molar(mirm.hidden_size, fixture_data.num_items, item_encoder=lora_mirm(tiny_qwen2_dir, seed=1))
+    fresh.load_state_dict(earlier, strict=True)
+    for key, value in trained.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[key], value, msg=key)

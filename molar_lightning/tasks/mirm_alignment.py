@@ -9,7 +9,6 @@ is written with ``MultimodalItemEncoder.save_pretrained`` in the form its constr
 ``predict`` embeds item batches, which is what ``molar embed`` runs.
 """
 
-import os
 from typing import Any, Optional
 
 import torch
@@ -19,7 +18,6 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from molar_lightning.batch import IGNORE_INDEX, AlignmentBatch, ItemBatch
 from molar_lightning.models.mirm import MultimodalItemEncoder
 from molar_lightning.optim import trainable_weights_optimizer
-from molar_lightning.sharding import full_state_dict
 from molar_lightning.tasks.hyperparameters import record_hyperparameters
 from molar_lightning.tasks.sharded_task import ShardableTask
 
@@ -101,11 +99,7 @@ class MIRMAlignmentModule(ShardableTask):
         checkpoint["state_dict"] = {name: value for name, value in checkpoint["state_dict"].items() if name in trained}
 
     def on_train_end(self) -> None:
-        folder = self.export_dir or os.path.join(self.trainer.log_dir or self.trainer.default_root_dir, "mirm_encoder")
-        # Under sharding every process takes part in gathering the weights; the first one writes them.
-        state = full_state_dict(self.encoder) if self.is_sharded else None
-        if self.trainer.is_global_zero:
-            self.encoder.save_pretrained(folder, state)
+        self.export_item_encoder(self.encoder, self.export_dir)
 
     def configure_optimizers(self):
         return trainable_weights_optimizer(self, self.optimizer, self.lr_scheduler)

@@ -101,6 +101,9 @@ class MolarModule(RankingTask):
             with them form the item table the loss draws negatives from (drawn by the training collate).
         item_batch_size: end-to-end mode only: items per MIRM forward when embedding the whole catalog for
             validation and test.
+        export_dir: end-to-end mode only: where the fine-tuned MIRM is written at the end of training (null:
+            ``<run dir>/mirm_encoder``), as stage 1 writes it, for ``molar embed`` to serve its item embeddings
+            (``adapter_path:`` after LoRA, ``backbone:`` after full fine-tuning).
         optimizer: optimizer factory over every trainable weight; AdamW unless configured.
         lr_scheduler: optional scheduler factory, stepped every optimizer step (e.g.
             ``molar_lightning.optim.WarmupCosineSchedule``, the paper's warm-up + cosine).
@@ -127,6 +130,7 @@ class MolarModule(RankingTask):
         fusion_weight: float = 0.5,
         negatives_per_step: int = 256,
         item_batch_size: int = 64,
+        export_dir: Optional[str] = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         top_k: int = 50,
@@ -156,6 +160,7 @@ class MolarModule(RankingTask):
         self.scoring = scoring
         self.fusion_weight = fusion_weight
         self.negatives_per_step = negatives_per_step
+        self.export_dir = export_dir
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         width = adapted_width(self.item_adapter, self.items.width)
@@ -216,6 +221,10 @@ class MolarModule(RankingTask):
 
     def on_predict_epoch_start(self) -> None:
         self.items.embed_catalog(self.to_device)
+
+    def on_train_end(self) -> None:
+        if self.item_encoder is not None:
+            self.export_item_encoder(self.item_encoder, self.export_dir)
 
     def user_states(self, table: torch.Tensor, item_seq: torch.Tensor, mask: torch.Tensor,
                     id_seq: torch.Tensor, last_only: bool = False) -> torch.Tensor:

@@ -7,11 +7,15 @@ are folders with one shard per process, holding every weight: the trimmed checkp
 otherwise (trainable weights only) cannot be loaded shard-wise.
 """
 
+import os
+from typing import Optional
+
 import lightning.pytorch as pl
 from torch.distributed.fsdp import FSDPModule
 
-from molar_lightning.sharding import (average_gradients, data_parallel_mesh, fill_missing_gradients, mixed_precision,
-                                      replicated_parameters, shard)
+from molar_lightning.models.mirm import MultimodalItemEncoder
+from molar_lightning.sharding import (average_gradients, data_parallel_mesh, fill_missing_gradients, full_state_dict,
+                                      mixed_precision, replicated_parameters, shard)
 
 
 class ShardableTask(pl.LightningModule):
@@ -43,3 +47,13 @@ class ShardableTask(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.is_sharded:
             fill_missing_gradients(self)
+
+    def export_item_encoder(self, encoder: MultimodalItemEncoder, export_dir: Optional[str]) -> str:
+        """Write ``encoder`` with ``save_pretrained`` to ``export_dir`` (null: ``<run dir>/mirm_encoder``), in
+        the form ``molar embed`` and the configs load back; under sharding every process takes part in
+        gathering the weights and the first one writes them. Returns the folder."""
+        folder = export_dir or os.path.join(self.trainer.log_dir or self.trainer.default_root_dir, "mirm_encoder")
+        state = full_state_dict(encoder) if self.is_sharded else None
+        if self.trainer.is_global_zero:
+            encoder.save_pretrained(folder, state)
+        return folder

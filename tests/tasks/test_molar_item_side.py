@@ -42,3 +42,25 @@ def test_checkpoints_under_the_earlier_names_load_strictly(fixture_data, tiny_qw
     fresh.load_state_dict(earlier, strict=True)
     for key, value in trained.state_dict().items():
         torch.testing.assert_close(fresh.state_dict()[key], value, msg=key)
+
+
+def test_the_end_to_end_mirm_is_exported_for_serving(fixture_data, tiny_qwen2_dir: Path, tmp_path: Path) -> None:
+    """What stage 2 fine-tuned loads back (``adapter_path``) and embeds items as the trained module does."""
+    from molar_lightning.models.mirm import MultimodalItemEncoder
+
+    mirm = lora_mirm(tiny_qwen2_dir, seed=0)
+    module = content_molar(mirm.hidden_size, fixture_data.num_items, item_encoder=mirm, negatives_per_step=3,
+                           export_dir=str(tmp_path / "mirm"), optimizer=lambda params: torch.optim.Adam(params, lr=1e-2))
+    trainer(1, limit_train_batches=2, limit_val_batches=0,
+            callbacks=[ItemInputsCallback()]).fit(module, datamodule=fixture_data)
+    served = MultimodalItemEncoder(str(tiny_qwen2_dir), adapter_path=str(tmp_path / "mirm"), modality="text").eval()
+    fresh = lora_mirm(tiny_qwen2_dir, seed=0).eval()
+    ids = torch.arange(1, fixture_data.num_items + 1)
+    with torch.no_grad():
+        trained = module.eval().items.embed(ids, module.to_device)
+        module.items.encoder = served
+        exported = module.items.embed(ids, module.to_device)
+        module.items.encoder = fresh
+        untrained = module.items.embed(ids, module.to_device)
+    torch.testing.assert_close(exported, trained, atol=1e-5, rtol=0)
+    assert not torch.allclose(untrained, trained, atol=1e-3)  # stage 2 moved it

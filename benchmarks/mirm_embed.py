@@ -52,7 +52,7 @@ class _Embedder(pl.LightningModule):
 
 def read_image(encoder: MultimodalItemEncoder, catalog: ItemCatalog, item_id: int):
     """The item's image when the encoder looks at images, as the extraction's loader reads it."""
-    return catalog.image(item_id, max_size=encoder.image_size) if encoder.uses_images else None
+    return catalog.image(item_id, max_size=encoder.image_size) if encoder.prompts.uses_images else None
 
 
 def naive(encoder: MultimodalItemEncoder, catalog: ItemCatalog, item_ids: list[int]) -> tuple[float, torch.Tensor]:
@@ -64,7 +64,7 @@ def naive(encoder: MultimodalItemEncoder, catalog: ItemCatalog, item_ids: list[i
         for item_id in item_ids:
             image = read_image(encoder, catalog, item_id)
             batch = collate_items([(item_id, encoder.item_inputs(catalog.text(item_id), image))],
-                                  encoder.pad_token_id)
+                                  encoder.prompts.pad_token_id)
             rows.append(encoder(batch.input_ids, batch.attention_mask, batch.lengths, batch.mm_token_type_ids,
                                 batch.image_inputs)[0])
     return len(item_ids) / (time.perf_counter() - start), torch.stack(rows)
@@ -84,14 +84,14 @@ def breakdown(encoder: MultimodalItemEncoder, catalog: ItemCatalog, item_ids: li
     timings["inputs one"] = time.perf_counter() - start
     start = time.perf_counter()
     for first in range(0, len(items), batch_size):
-        encoder.items_inputs(items[first:first + batch_size])
+        encoder.prompts.items_inputs(items[first:first + batch_size])
     timings["inputs batched"] = time.perf_counter() - start
     samples = sorted(zip(item_ids, inputs), key=lambda pair: -len(pair[1]["input_ids"]))
     with torch.no_grad():
         for name, size in (("forward one", 1), ("forward batched", batch_size)):
             start = time.perf_counter()
             for first in range(0, len(samples), size):
-                batch = collate_items(samples[first:first + size], encoder.pad_token_id)
+                batch = collate_items(samples[first:first + size], encoder.prompts.pad_token_id)
                 encoder(batch.input_ids, batch.attention_mask, batch.lengths, batch.mm_token_type_ids,
                         batch.image_inputs)
             timings[name] = time.perf_counter() - start

@@ -217,7 +217,7 @@ def extract_item_embeddings(trainer: pl.Trainer, module: pl.LightningModule, cat
     cache = ItemEmbeddingCache.for_encoder(cache_root, encoder, catalog)
     missing = cache.missing_item_ids()
     if missing:
-        loader = item_loader(catalog, encoder, missing, batch_size=batch_size, num_workers=num_workers)
+        loader = item_loader(catalog, encoder.prompts, missing, batch_size=batch_size, num_workers=num_workers)
         writer = ItemEmbeddingWriter(cache, shard_size)
         trainer.callbacks.append(writer)
         try:

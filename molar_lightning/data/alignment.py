@@ -19,6 +19,7 @@ from typing import Optional, Protocol, Sequence, Union
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from molar_lightning.batch import IGNORE_INDEX, AlignmentBatch
@@ -265,7 +266,11 @@ class MIRMAlignmentDataModule(SequentialDataModule):
 
     def connect(self, processor: AlignmentProcessor, item_token_id: Optional[int] = None) -> None:
         """Hand over the backbone's processor and the ``[Cur_Item]`` token to place after each item, or None
-        (the task does this in its ``setup``)."""
+        (the task does this in its ``setup``). The processor (tokenizer and image processor) is what the data
+        sets hand DataLoader workers, so it must not be the model."""
+        if isinstance(processor, nn.Module):
+            raise TypeError(f"connect() takes the backbone's processor (encoder.processor), not a "
+                            f"{type(processor).__name__}: DataLoader workers would each get a copy of the model")
         self.processor = processor
         self.item_token_id = item_token_id
 

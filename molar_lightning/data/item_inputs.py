@@ -1,13 +1,16 @@
 """Item content -> batches for the multimodal item encoder (MIRM): a data set over an ``ItemCatalog``,
 length-sorted batches, and padded or packed collation.
 
-The prompt itself is the encoder's business (``MultimodalItemEncoder.items_inputs`` takes items' text and PIL
-images); this module only reads the catalog (the text is :meth:`ItemCatalog.text`, the same rendering as the
-alignment prompts'), calls the encoder in DataLoader workers and batches the results, so ``data/`` stays free
-of model code. A batch's inputs are built together (``__getitems__``: one tokenizer and one image-processor
-call per batch, not per item). Batches are sorted by token length (longest first, so a batch that does not fit
-in memory fails at once), and under DDP each process takes every ``world_size``-th batch: every item is
-embedded exactly once.
+The prompt itself is built by an :class:`ItemInputBuilder`: the encoder's ``prompts``
+(``molar_lightning.models.item_prompt.ItemPromptProcessor``: items' text and PIL images -> inputs, from the
+backbone's tokenizer and image processor). This module only reads the catalog (the text is
+:meth:`ItemCatalog.text`, the same rendering as the alignment prompts'), calls the builder in DataLoader workers
+and batches the results, so ``data/`` stays free of model code. The builder is never the encoder itself: the
+data sets, loaders and collates here are pickled into every DataLoader worker under the ``spawn`` and
+``forkserver`` start methods, and would carry the model's weights with them. A batch's inputs are built
+together (``__getitems__``: one tokenizer and one image-processor call per batch, not per item). Batches are
+sorted by token length (longest first, so a batch that does not fit in memory fails at once), and under DDP
+each process takes every ``world_size``-th batch: every item is embedded exactly once.
 """
 
 import os
@@ -18,6 +21,7 @@ from typing import Optional, Protocol, Sequence
 import torch
 import torch.distributed as dist
 from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from molar_lightning.batch import ItemBatch, TrainBatch
@@ -29,7 +33,8 @@ TOKEN_KEYS = ("input_ids", "mm_token_type_ids")
 
 
 class ItemInputBuilder(Protocol):
-    """What the loader needs from an item encoder (``MultimodalItemEncoder`` is one)."""
+    """What the loader needs to build an item encoder's inputs: ``MultimodalItemEncoder.prompts`` (an
+    ``ItemPromptProcessor``) is one. Weights-free and picklable, since DataLoader workers get a copy."""
 
     pack_sequences: bool
     image_size: int  # longest image side the model looks at; images are decoded no larger
@@ -89,11 +94,15 @@ class ItemContentDataset(Dataset):
 
     Args:
         catalog: where items' text (:meth:`ItemCatalog.text`) and images come from.
-        builder: turns text + image into model inputs (the item encoder).
+        builder: turns text + image into model inputs (the item encoder's ``prompts``, not the encoder).
         item_ids: the items to serve, by catalog id.
     """
 
     def __init__(self, catalog: ItemCatalog, builder: ItemInputBuilder, item_ids: Sequence[int]) -> None:
+        if isinstance(builder, nn.Module):
+            raise TypeError(f"the item inputs' builder is a {type(builder).__name__} (a model): pass its weights-free "
+                            f"input builder (MultimodalItemEncoder.prompts), so that DataLoader workers do not "
+                            f"each get a copy of the model")
         self.catalog = catalog
         self.builder = builder
         self.item_ids = list(item_ids)
@@ -203,7 +212,8 @@ def step_item_ids(batch: TrainBatch, num_items: int, negatives: int) -> torch.Te
 
 class StepItemsCollate:
     """``collate_train``, plus the item encoder's inputs for the step's items (:func:`step_item_ids`), so that
-    DataLoader workers read images and tokenize while the model trains (end-to-end Molar).
+    DataLoader workers read images and tokenize while the model trains (end-to-end Molar). It holds the items'
+    data set and its input builder, not the encoder: a worker's copy has a tokenizer, not the weights.
 
     Args:
         items: the catalog's items as the encoder reads them (row ``i`` is item ``i + 1``).

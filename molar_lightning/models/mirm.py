@@ -8,9 +8,11 @@ item embedding is the last layer's hidden state (after the final norm) at that t
 1536 dimensions for Qwen2-VL-2B. Mean pooling and last-token pooling are options (HLLM, arXiv 2409.12740,
 found the item token better). ``modality`` switches the image or the text off (the paper's Table 3).
 
-The encoder takes an item's text, already rendered, and its PIL image (:meth:`item_inputs`), so it knows
-nothing of data sets: ``molar_lightning.data.item_inputs`` reads both from an ``ItemCatalog``, whose ``text``
-renders the fields for the alignment prompts too, and batches the results. A batch is either padded (either
+The prompt is built from an item's text, already rendered, and its PIL image by ``encoder.prompts``, an
+:class:`~molar_lightning.models.item_prompt.ItemPromptProcessor`: the backbone's tokenizer and image processor
+and the prompt settings, no weights. It is what the data side holds (``molar_lightning.data.item_inputs``
+reads items from an ``ItemCatalog``, whose ``text`` renders the fields for the alignment prompts too, builds
+their inputs in DataLoader workers and batches them), so no worker holds the model. A batch is either padded (either
 side) or packed into one row with per-item position ids, which the attention masks of ``transformers`` turn
 into a block-diagonal mask (the padding-free path; with ``flash_attention_2`` it runs as variable-length
 attention). Each item's positions are computed as if it were alone, so its embedding does not depend on the
@@ -20,7 +22,7 @@ batch it is in.
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional
 
 import torch
 from PIL import Image
@@ -28,15 +30,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from molar_lightning.models.backbones import Finetuning, load_backbone
+from molar_lightning.models.item_prompt import (  # noqa: F401 - ItemContentError re-exported
+    ItemContentError,
+    ItemPromptProcessor,
+    Modality,
+    check_modality,
+)
 
 ITEM_TOKEN = "[Cur_Item]"
 ITEM_TOKEN_FILE = "item_token.safetensors"
-Modality = Literal["image+text", "image", "text"]
 Pooling = Literal["item_token", "mean", "last_token"]
-
-
-class ItemContentError(ValueError):
-    """An item has nothing to embed under the chosen modality."""
 
 
 class MultimodalItemEncoder(nn.Module):
@@ -96,8 +99,7 @@ class MultimodalItemEncoder(nn.Module):
         trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
-        if modality not in ("image+text", "image", "text"):
-            raise ValueError(f"modality must be image+text, image or text, got {modality!r}")
+        check_modality(modality)
         if pooling not in ("item_token", "mean", "last_token"):
             raise ValueError(f"pooling must be item_token, mean or last_token, got {pooling!r}")
         self.backbone_name = backbone
@@ -134,8 +136,10 @@ class MultimodalItemEncoder(nn.Module):
             self.item_token_embedding = nn.Parameter(self._initial_item_vector(adapter_path or backbone),
                                                      requires_grad=finetuning != "frozen")
             self.backbone.model.get_input_embeddings().register_forward_hook(self._insert_item_vector)
-        self._image_token_count: Optional[int] = None
-        self._instruction_ids = self.processor.text_ids(instruction)
+        # What the data side holds to build this encoder's inputs: tokenizer, image processor, settings; no weights.
+        self.prompts = ItemPromptProcessor(self.processor, modality=modality, instruction=instruction,
+                                           max_text_tokens=max_text_tokens, image_size=image_size,
+                                           item_token_id=self.item_token_id, pack_sequences=pack_sequences)
         self.train()  # from_pretrained leaves models in eval mode; an nn.Module starts in training mode
 
     # ----- inputs -------------------------------------------------------------------------------------------
@@ -151,78 +155,15 @@ class MultimodalItemEncoder(nn.Module):
         is_item = (args[0] == self.item_token_id).unsqueeze(-1)
         return torch.where(is_item, self.item_token_embedding.to(output.dtype), output)
 
-    def _segments(self, text_ids: list[int], image: Optional[Image.Image]) -> list:
-        """The prompt as segments: image, instruction, capped text ids, item token (as the modality allows)."""
-        segments: list = [image] if image is not None and self.modality != "text" else []
-        segments += [self._instruction_ids, text_ids]
-        if self.item_token_id is not None:
-            segments.append([self.item_token_id])
-        return segments
-
-    def item_text_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        """Capped token ids of items' texts (none under modality ``image``), in one tokenizer call; the cap
-        applies after tokenizing, as in the authors' code."""
-        return self.processor.texts_ids([text if self.modality != "image" else "" for text in texts],
-                                        self.max_text_tokens)
-
-    def _check_content(self, text: str, has_image: bool) -> None:
-        has_text = self.modality != "image" and bool(text.strip())
-        if not (has_text or (has_image and self.modality != "text")):
-            wanted = {"image": "readable image", "text": "text"}.get(self.modality, "text or readable image")
-            raise ItemContentError(
-                f"no {wanted} under modality {self.modality!r} (it has {'text' if text.strip() else 'no text'} and "
-                f"{'an' if has_image else 'no'} image); it would be embedded from the instruction alone. Fix its "
-                f"data, or choose another modality"
-            )
-
     def item_inputs(self, text: str, image: Optional[Image.Image]) -> dict[str, torch.Tensor]:
-        """Model inputs of one item (``input_ids [n]``, and image tensors); refuses an item with no content.
-
-        ``text`` is the item's fields as ``"\\n{key}: {value}"`` lines (``ItemCatalog.text``); modality
-        ``image`` ignores it.
-        """
-        return self.items_inputs([(text, image)])[0]
-
-    def items_inputs(self, items: Sequence[tuple[str, Optional[Image.Image]]],
-                     text_ids: Optional[Sequence[Sequence[int]]] = None) -> list[dict[str, torch.Tensor]]:
-        """:meth:`item_inputs` of many items with one tokenizer and one image-processor call, which is most of
-        the saving of batched extraction when the model is small next to its input pipeline. ``text_ids``:
-        the items' :meth:`item_text_ids` when already known (the loader keeps them from its length pass)."""
-        for text, image in items:
-            self._check_content(text, image is not None)
-        if text_ids is None:
-            text_ids = self.item_text_ids([text for text, _ in items])
-        return self.processor.encode_batch([self._segments(list(ids), image)
-                                            for ids, (_, image) in zip(text_ids, items)])
-
-    def item_lengths(self, items: Sequence[tuple[str, bool]],
-                     text_ids: Optional[Sequence[Sequence[int]]] = None) -> list[int]:
-        """Token counts of items' prompts from their text and whether they have an image, without building
-        image tensors (for length-sorted batches); refuses an item with no content, as :meth:`item_inputs` does."""
-        for text, has_image in items:
-            self._check_content(text, has_image)
-        if text_ids is None:
-            text_ids = self.item_text_ids([text for text, _ in items])
-        if self._image_token_count is None and self.processor.accepts_images:
-            blank = Image.new("RGB", (self.image_size, self.image_size))
-            self._image_token_count = len(self.processor.image_inputs([blank])[0][0])
-        fixed = len(self._instruction_ids) + (self.item_token_id is not None)
-        return [fixed + len(ids) + (self._image_token_count if has_image and self.modality != "text" else 0)
-                for ids, (_, has_image) in zip(text_ids, items)]
-
-    @property
-    def uses_images(self) -> bool:
-        """Whether item images reach the model (the loader does not decode them otherwise)."""
-        return self.modality != "text"
+        """One item's inputs, for a look at the prompt or a hand-made batch: ``self.prompts.item_inputs``.
+        Loaders take :attr:`prompts` itself (:class:`ItemPromptProcessor`), which holds no weights."""
+        return self.prompts.item_inputs(text, image)
 
     # ----- forward ------------------------------------------------------------------------------------------
     @property
     def hidden_size(self) -> int:
         return self.backbone.hidden_size
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.processor.pad_token_id
 
     def forward(
         self,

@@ -54,7 +54,7 @@ def one_by_one(module: MIRMAlignmentModule, catalog: ItemCatalog) -> torch.Tenso
         for item_id in range(1, len(catalog) + 1):
             image = catalog.image(item_id, max_size=encoder.image_size)
             batch = collate_items([(item_id, encoder.item_inputs(catalog.text(item_id), image))],
-                                  encoder.pad_token_id)
+                                  encoder.prompts.pad_token_id)
             rows.append(encoder(batch.input_ids, batch.attention_mask, batch.lengths, batch.mm_token_type_ids,
                                 batch.image_inputs)[0])
     return torch.stack(rows)
@@ -86,7 +86,8 @@ def test_extraction_matches_one_by_one_and_a_finished_cache_is_reused(module, ca
     table = cache.load()
     assert table.shape == (11, 32) and torch.equal(table[0], torch.zeros(32))
     torch.testing.assert_close(table, one_by_one, atol=1e-5, rtol=0)
-    assert sorted(p.name for p in cache.folder.iterdir()) == ["embeddings.safetensors", "meta.json"]
+    # the shards merged away; meta.json and source.json (the prepared data set) stay beside the table
+    assert sorted(p.name for p in cache.folder.iterdir()) == ["embeddings.safetensors", "meta.json", "source.json"]
 
     again = CountItems()
     reused = extract_item_embeddings(trainer(again), module, catalog, str(tmp_path), batch_size=4)

@@ -1,6 +1,6 @@
 """Item batches: padded either side or packed, images concatenated in item order, batches sorted by length,
-every item with nothing to embed reported at once (before any model work), and the encoder given each item's
-catalog text (tokenized here as the reference)."""
+every item with nothing to embed reported at once (before any model work), and the encoder's input builder
+(``encoder.prompts``, never the encoder) given each item's catalog text (tokenized here as the reference)."""
 
 import re
 from pathlib import Path
@@ -149,6 +149,8 @@ def test_the_encoder_gets_each_items_fields_as_lines(pixelrec_dir: Path, tiny_qw
                 + tokenizer(encoder.instruction, add_special_tokens=False)["input_ids"]
                 + tokenizer(lines, add_special_tokens=False)["input_ids"][:20] + [encoder.item_token_id])
 
-    served = {item_id: ids[:length].tolist() for batch in item_loader(catalog, encoder, batch_size=3)
+    served = {item_id: ids[:length].tolist() for batch in item_loader(catalog, encoder.prompts, batch_size=3)
               for item_id, ids, length in zip(batch.item_ids.tolist(), batch.input_ids, batch.lengths)}
     assert served == {item_id: expected(item_id) for item_id in range(1, len(catalog) + 1)}
+    with pytest.raises(TypeError, match=r"MultimodalItemEncoder \(a model\): pass .*MultimodalItemEncoder\.prompts"):
+        item_loader(catalog, encoder)  # its weights would travel to every DataLoader worker

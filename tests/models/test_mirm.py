@@ -1,4 +1,5 @@
-"""MultimodalItemEncoder on tiny real-architecture backbones: the prompt, the modality switch, pooling against
+"""MultimodalItemEncoder on tiny real-architecture backbones: the prompt (built by its weights-free
+``prompts``, which a processor loaded without any weights reproduces), the modality switch, pooling against
 the backbone's own hidden states, batch- and padding-independence (packed too), LoRA trainability, save/load
 round trips and refusal of items with nothing to embed."""
 
@@ -6,8 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
 from molar_lightning.data.item_inputs import collate_items
+from molar_lightning.models.backbones import BackboneProcessor
+from molar_lightning.models.item_prompt import ItemPromptProcessor
 from molar_lightning.models.mirm import ITEM_TOKEN, ItemContentError, MultimodalItemEncoder
 from tests.models.conftest import IMAGE_SIZE, poster
 
@@ -21,8 +25,8 @@ ITEMS = [
 
 
 def encode(encoder: MultimodalItemEncoder, items, pack: bool = False, side: str = "right") -> torch.Tensor:
-    batch = collate_items([(i, encoder.item_inputs(*item)) for i, item in enumerate(items)], encoder.pad_token_id,
-                          pack, side)
+    batch = collate_items([(i, encoder.item_inputs(*item)) for i, item in enumerate(items)],
+                          encoder.prompts.pad_token_id, pack, side)
     with torch.no_grad():
         return encoder(batch.input_ids, batch.attention_mask, batch.lengths, batch.mm_token_type_ids,
                        batch.image_inputs)
@@ -50,14 +54,31 @@ def test_text_is_capped_at_the_token_budget(encoder: MultimodalItemEncoder) -> N
 
 
 def test_a_batch_of_inputs_equals_inputs_built_one_by_one(encoder: MultimodalItemEncoder) -> None:
-    together = encoder.items_inputs(ITEMS)  # one tokenizer and one image-processor call, cut per item
+    together = encoder.prompts.items_inputs(ITEMS)  # one tokenizer and one image-processor call, cut per item
     for item, batched in zip(ITEMS, together):
         alone = encoder.item_inputs(*item)
         assert batched.keys() == alone.keys()
         for key in alone:
             assert torch.equal(batched[key], alone[key]), key
-    lengths = encoder.item_lengths([(text, image is not None) for text, image in ITEMS])
+    lengths = encoder.prompts.item_lengths([(text, image is not None) for text, image in ITEMS])
     assert lengths == [len(inputs["input_ids"]) for inputs in together]
+
+
+def test_a_processor_loaded_without_weights_builds_the_encoders_inputs(encoder: MultimodalItemEncoder,
+                                                                       tiny_qwen2_vl_dir: Path) -> None:
+    """``encoder.prompts`` needs the tokenizer (with ``[Cur_Item]``), the image processor, the config and the
+    settings, nothing of the model: built from the checkpoint folder's files alone, it gives the same inputs."""
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_qwen2_vl_dir))
+    tokenizer.add_special_tokens({"additional_special_tokens": [ITEM_TOKEN]}, replace_extra_special_tokens=False)
+    processor = BackboneProcessor(tokenizer, AutoImageProcessor.from_pretrained(str(tiny_qwen2_vl_dir)),
+                                  AutoConfig.from_pretrained(str(tiny_qwen2_vl_dir)), IMAGE_SIZE)
+    prompts = ItemPromptProcessor(processor, image_size=IMAGE_SIZE,
+                                  item_token_id=tokenizer.convert_tokens_to_ids(ITEM_TOKEN))
+    assert prompts.item_token_id == encoder.item_token_id and prompts.pad_token_id == encoder.prompts.pad_token_id
+    for ours, theirs in zip(prompts.items_inputs(ITEMS), encoder.prompts.items_inputs(ITEMS)):
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in ours)
+    items = [(text, image is not None) for text, image in ITEMS]
+    assert prompts.item_lengths(items) == encoder.prompts.item_lengths(items)
 
 
 @pytest.mark.parametrize("pack, side", [(False, "right"), (False, "left"), (True, "right")],
@@ -116,7 +137,7 @@ def test_an_item_with_nothing_to_embed_is_refused(encoder: MultimodalItemEncoder
     with pytest.raises(ItemContentError, match="no text or readable image"):
         encoder.item_inputs("", None)
     with pytest.raises(ItemContentError, match="no text or readable image"):
-        encoder.item_lengths([("\ntitle: Heat", False), ("\n  ", False)])
+        encoder.prompts.item_lengths([("\ntitle: Heat", False), ("\n  ", False)])
     with pytest.raises(ItemContentError, match=r"no readable image under modality 'image' \(it has text and no"):
         image_only.item_inputs("\ntitle: Heat", None)
 
@@ -130,7 +151,8 @@ def test_lora_trains_only_adapters_and_round_trips(tiny_qwen2_vl_dir: Path, tmp_
     assert any(".visual." in name for name in trainable) is False  # Qwen2-VL's vision tower names its layers qkv/fc1
     before = {name: p.detach().clone() for name, p in encoder.named_parameters()}
     optimizer = torch.optim.SGD([p for p in encoder.parameters() if p.requires_grad], lr=0.1)
-    batch = collate_items([(i, encoder.item_inputs(*item)) for i, item in enumerate(ITEMS)], encoder.pad_token_id)
+    batch = collate_items([(i, encoder.item_inputs(*item)) for i, item in enumerate(ITEMS)],
+                          encoder.prompts.pad_token_id)
     direction = torch.randn(4, 32)
     for _ in range(2):  # lora_B starts at zero, so lora_A only moves from the second step on
         optimizer.zero_grad()

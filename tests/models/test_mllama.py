@@ -105,5 +105,6 @@ def test_lora_trains_only_adapters(tiny_mllama_dir: Path) -> None:
 
 
 def encode_with_grad(encoder: MultimodalItemEncoder) -> torch.Tensor:
-    batch = collate_items([(i, encoder.item_inputs(*item)) for i, item in enumerate(ITEMS)], encoder.pad_token_id)
+    batch = collate_items([(i, encoder.item_inputs(*item)) for i, item in enumerate(ITEMS)],
+                          encoder.prompts.pad_token_id)
     return encoder(batch.input_ids, batch.attention_mask, batch.lengths, batch.mm_token_type_ids, batch.image_inputs)

@@ -75,7 +75,8 @@ def test_alignment_loss_falls_and_the_aligned_encoder_round_trips(data_dir, tiny
     items = [(i, catalog.text(i), catalog.image(i, max_size=IMAGE_SIZE)) for i in (1, 5, 10)]
     embeddings = []
     for encoder in (trained, exported):
-        batch = collate_items([(i, encoder.item_inputs(text, im)) for i, text, im in items], encoder.pad_token_id)
+        batch = collate_items([(i, encoder.item_inputs(text, im)) for i, text, im in items],
+                              encoder.prompts.pad_token_id)
         with torch.no_grad():
             embeddings.append(encoder(batch.input_ids, batch.attention_mask, batch.lengths, batch.mm_token_type_ids,
                                       batch.image_inputs))

@@ -266,7 +266,15 @@ class MultimodalItemEncoder(nn.Module):
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         state = state_dict if state_dict is not None else self.state_dict()
-        model_state = {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
+        # Gathered shards hold a tied weight (Qwen2-VL's LM head = word embeddings) twice, as separate tensors;
+        # only its first name is written, as save_pretrained does for the module's own tied weights.
+        first_names: dict[int, str] = {}
+        for name, parameter in self.model.named_parameters(remove_duplicate=False):
+            first_names.setdefault(id(parameter), name)
+        aliases = {name for name, parameter in self.model.named_parameters(remove_duplicate=False)
+                   if first_names[id(parameter)] != name}
+        model_state = {key.removeprefix("model."): value for key, value in state.items()
+                       if key.startswith("model.") and key.removeprefix("model.") not in aliases}
         if self.backbone.peft_model is not None:
             self.backbone.peft_model.save_pretrained(str(folder), state_dict=model_state)
         else:

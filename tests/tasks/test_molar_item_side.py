@@ -4,6 +4,7 @@ it is read; checkpoints written under the earlier attribute names load strictly.
 from pathlib import Path
 
 import lightning.pytorch as pl
+import pytest
 import torch
 
 from molar_lightning.callbacks.item_inputs import ItemInputsCallback
@@ -44,6 +45,7 @@ def test_checkpoints_under_the_earlier_names_load_strictly(fixture_data, tiny_qw
         torch.testing.assert_close(fresh.state_dict()[key], value, msg=key)
 
 
+@pytest.mark.slow  # a training run and three catalog embeddings (~1 min); `make test-slow`
 def test_the_end_to_end_mirm_is_exported_for_serving(fixture_data, tiny_qwen2_dir: Path, tmp_path: Path) -> None:
     """What stage 2 fine-tuned loads back (``adapter_path``) and embeds items as the trained module does."""
     from molar_lightning.models.mirm import MultimodalItemEncoder

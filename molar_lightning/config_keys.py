@@ -17,13 +17,14 @@ NODE_KEYS = ("class_path", "init_args", "dict_kwargs")
 
 
 def given_config(args: list[str]) -> dict:
-    """The ``--config`` files and ``--dotted.key value`` overrides in ``args``, merged in their order."""
+    """The ``--config`` files and ``--dotted.key value`` overrides in ``args``, merged in their order; a
+    ``--dotted.key+=value`` appends to the list there (``--trainer.callbacks+=X``)."""
     config: dict = {}
     position = 0
     while position < len(args):
         arg = args[position]
         key, has_value, value = arg[2:].partition("=")
-        if not arg.startswith("--") or key.endswith("+"):
+        if not arg.startswith("--"):
             position += 1
             continue
         if not has_value and position + 1 < len(args) and not args[position + 1].startswith("--"):
@@ -31,12 +32,23 @@ def given_config(args: list[str]) -> dict:
         position += 1
         if key == "config":
             merge(config, read_yaml_file(value))
+        elif key.endswith("+"):
+            append(config, key[:-1].split("."), read_yaml_value(value))
         elif "." in key or key in ("trainer", "model", "data"):
             nested: Any = read_yaml_value(value) if value else None
             for part in reversed(key.split(".")):
                 nested = {part: nested}
             merge(config, nested)
     return config
+
+
+def append(config: dict, path: list[str], value: Any) -> None:
+    """Add ``value`` to the list at ``path`` in ``config`` (a single value there becomes the list's first)."""
+    node = config
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    current = node.get(path[-1])
+    node[path[-1]] = (current if isinstance(current, list) else [] if current is None else [current]) + [value]
 
 
 def read_yaml_file(path: str) -> dict:

@@ -48,3 +48,14 @@ def test_end_to_end_molar_without_item_contents_is_refused(capsys) -> None:
     error = refusal(["--config", str(ROOT / "configs/movielens/hllm.yaml"), "--trainer.callbacks", "[]"], capsys)
     assert "needs the items' contents: add {class_path: molar_lightning.callbacks.item_inputs.ItemInputsCallback}" \
         in error
+
+
+def test_the_item_inputs_callback_appended_on_the_command_line_counts(capsys) -> None:
+    """``--trainer.callbacks+=...ItemInputsCallback`` is a valid way to add it: the check passes (what fails next
+    here is building the hub MIRM, which cannot be downloaded)."""
+    with pytest.raises(Exception) as raised:
+        main(["fit", "--config", str(ROOT / "configs/movielens/hllm.yaml"), "--trainer.callbacks", "[]",
+              "--trainer.callbacks+=molar_lightning.callbacks.item_inputs.ItemInputsCallback", *NO_DATA,
+              "--trainer.logger=false"])
+    assert "needs the items' contents" not in capsys.readouterr().err
+    assert not isinstance(raised.value, SystemExit)

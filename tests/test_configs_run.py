@@ -182,7 +182,9 @@ PROCESSES = {"cpu": 1, "ddp": 2, "multinode": 2, "fsdp": 2, "fsdp_cpu": 2}
 EXPERIMENT_FOR = {"fsdp": "hllm", "fsdp_cpu": "hllm"}
 
 
-@pytest.mark.parametrize("config", TRAINER_CONFIGS, ids=lambda path: path.stem)
+# fsdp.yaml on CPU is fsdp_cpu.yaml with its GPU values overridden: the same path, run with the slow tests.
+@pytest.mark.parametrize("config", [pytest.param(path, marks=pytest.mark.slow) if path.stem == "fsdp" else path
+                                    for path in TRAINER_CONFIGS], ids=lambda path: path.stem)
 def test_trainer_config_runs(config: Path, tiny_backbone: Path, tmp_path: Path) -> None:
     """Each trainer config composed with SASRec (FSDP: the end-to-end HLLM row) on MovieLens: fit, test of the best
     checkpoint, results written.

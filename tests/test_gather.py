@@ -4,6 +4,7 @@ gets every row in process order, and gradients reach each process's own rows."""
 import os
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -23,6 +24,7 @@ def _gather(rank: int, folder: str, port: int) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # 2 spawned processes; `make test-slow`
 def test_batches_of_different_sizes_gather_whole(tmp_path: Path) -> None:
     mp.spawn(_gather, args=(str(tmp_path), free_port()), nprocs=2)
     expected = torch.tensor([[1.0, 1.0]] * 3 + [[2.0, 2.0]])

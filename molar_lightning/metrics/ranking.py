@@ -7,13 +7,17 @@ ties are resolved in expectation: with ``g`` candidates above the target and ``t
 target's 0-based rank is uniform on ``g .. g + t``, and each metric is its mean over that range. A model
 that scores every item the same therefore gets the value of a random ranking, not a perfect one.
 
+A NaN or infinite score never helps: a candidate scoring NaN or ``+inf`` never outranks the target, and a
+target whose own score is not finite gets the worst rank (below every candidate). Such users are counted
+(``nonfinite_users``), so a diverged model is reported rather than ranked as if it were sound.
+
 The states of :class:`RankingMetrics` are sums reduced with ``"sum"``, so the result under DDP is the
 same as on one process with all users.
 """
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -49,9 +53,27 @@ def _history_mask(history: Tensor, start: int, end: int) -> Tensor:
     return mask[:, :width]
 
 
+def _drop_items(scores: Tensor, item_ids: Tensor, start: int) -> None:
+    """Set to ``-inf``, in place, the scores of ``item_ids [B, H]`` (0: none) that fall inside the chunk.
+
+    It writes ``O(B * H)`` entries, where a ``[B, chunk]`` mask would cost a pass over the whole chunk.
+    """
+    in_chunk = (item_ids >= start) & (item_ids < start + scores.shape[1])
+    rows, columns = in_chunk.nonzero(as_tuple=True)
+    scores[rows, item_ids[rows, columns] - start] = -math.inf
+
+
 def _check_item_chunk_size(item_chunk_size: int) -> None:
     if item_chunk_size < 1:
         raise ValueError(f"item_chunk_size must be a positive number of items, got {item_chunk_size}.")
+
+
+class RankCounts(NamedTuple):
+    """What the metrics need of each user's ranking, all ``[B]``."""
+
+    greater: Tensor  #: candidates scoring strictly higher than the target (exact below ``depth``, see below)
+    ties: Tensor  #: other candidates scoring exactly the same as the target
+    nonfinite: Tensor  #: bool, the target's score is not finite or a candidate scored NaN or +inf
 
 
 @torch.no_grad()
@@ -62,19 +84,21 @@ def target_rank_counts(
     history: Optional[Tensor] = None,
     exclude_history: bool = True,
     item_chunk_size: int = 32768,
-) -> tuple[Tensor, Tensor]:
+    depth: Optional[int] = None,
+) -> RankCounts:
     """How many candidate items score above the target, and how many score exactly the same.
 
     Candidates are items ``1..N`` other than the target, minus, when ``exclude_history``, the items of
     ``history``. The target itself is never excluded, even when it also appears in the history: a user who
     interacts with an item again must be able to have it recommended again.
 
-    Two passes over the item chunks: the first gathers each target's score from the chunk that holds it, the
-    second counts. The target's score has to come from the same matmul, on the same chunk, as the scores it
-    is compared with. A separately computed ``(user_emb * item_emb[target]).sum(-1)`` can differ in the last
-    bits, which would turn an exact tie into "strictly higher" or "strictly lower", and a model scoring every
-    item the same would no longer get the random-ranking value. Recomputing a chunk with the same inputs and
-    shapes gives the same bits; the price is a second matmul per chunk, instead of keeping ``[B, N]`` scores.
+    One matmul per chunk: the target's score is gathered from the chunk that holds it, and the candidates'
+    ``depth`` best scores are kept (``torch.topk``, merged across chunks). The target's score has to come from
+    the same matmul as the scores it is compared with: a separately computed ``(user_emb *
+    item_emb[target]).sum(-1)`` can differ in the last bits, which would turn an exact tie into "strictly
+    higher" or "strictly lower". The kept scores settle a user unless its ties run past them (all-equal
+    scores, say) or a score is not finite; only those users are counted again exactly, by a second matmul per
+    chunk over the same inputs and shapes, which gives the same bits.
 
     Args:
         user_emb: ``[B, D]`` user embeddings.
@@ -83,10 +107,13 @@ def target_rank_counts(
         history: ``[B, H]`` item ids the user interacted with before the target, right-padded with 0.
         exclude_history: Drop the history items (other than the target) from the candidates.
         item_chunk_size: Items scored per matmul; memory is ``O(B * item_chunk_size)``.
+        depth: Ranks of interest: counts are exact below it, and a user with ``depth`` or more candidates
+            above the target may get ``greater = depth`` and ``ties = 0`` instead, which leaves every metric at
+            a cut-off ``K <= depth`` as it is (0). None counts every user exactly.
 
     Returns:
-        ``(greater, ties)``, both ``[B]`` long: candidates scoring strictly higher than the target, and
-        candidates other than the target scoring exactly the same.
+        :class:`RankCounts`. A target whose score is not finite has every candidate above it and no ties;
+        candidates scoring NaN or ``+inf`` are never above the target nor tied with it.
     """
     _check_item_chunk_size(item_chunk_size)
     num_items = item_emb.shape[0] - 1
@@ -97,26 +124,67 @@ def target_rank_counts(
         )
     if exclude_history and history is None:
         raise ValueError("exclude_history=True needs the history [B, H]; pass it, or set exclude_history=False.")
+    if depth is not None and depth < 1:
+        raise ValueError(f"depth must be a positive number of ranks, got {depth}.")
 
+    dropped = torch.cat([target[:, None], history], dim=1) if exclude_history else target[:, None]
     target_score = user_emb.new_zeros(target.shape, dtype=torch.promote_types(user_emb.dtype, item_emb.dtype))
+    best = None  # [B, <= depth] the best candidate scores so far, descending
     for start, end in _item_chunks(num_items, item_chunk_size):
         scores = _chunk_scores(user_emb, item_emb, start, end)
         in_chunk = (target >= start) & (target < end)
         column = (target - start).clamp(0, end - start - 1)
         target_score = torch.where(in_chunk, scores.gather(1, column[:, None]).squeeze(1), target_score)
+        if depth is not None:
+            _drop_items(scores, dropped, start)
+            if best is not None:
+                scores = torch.cat([best, scores.topk(min(depth, end - start), dim=1).values], dim=1)
+            best = scores.topk(min(depth, scores.shape[1]), dim=1).values
 
-    greater = torch.zeros_like(target)
-    ties = torch.zeros_like(target)
-    for start, end in _item_chunks(num_items, item_chunk_size):
-        scores = _chunk_scores(user_emb, item_emb, start, end)
+    if depth is None:
+        counts = RankCounts(torch.zeros_like(target), torch.zeros_like(target), torch.zeros_like(target, dtype=bool))
+        unsettled = torch.ones_like(target, dtype=torch.bool)
+    else:
+        # NaN and +inf sort first, so the first kept score shows whether the user met one.
+        nonfinite = ~target_score.isfinite() | best[:, 0].isnan() | (best[:, 0] == math.inf)
+        greater = (best > target_score[:, None]).sum(1)
+        ties = (best == target_score[:, None]).sum(1)
+        ties_run_on = (best.shape[1] < num_items) & (greater < best.shape[1]) & (greater + ties == best.shape[1])
+        counts = RankCounts(greater, ties, nonfinite)
+        unsettled = nonfinite | ties_run_on
+    if unsettled.any():
+        rows = unsettled.nonzero().squeeze(1)
+        exact = _exact_counts(user_emb, item_emb, target, history, exclude_history, item_chunk_size, target_score,
+                              rows)
+        counts = RankCounts(*(whole.index_put((rows,), part) for whole, part in zip(counts, exact)))
+    return counts
+
+
+def _exact_counts(user_emb: Tensor, item_emb: Tensor, target: Tensor, history: Optional[Tensor],
+                  exclude_history: bool, item_chunk_size: int, target_score: Tensor, rows: Tensor) -> RankCounts:
+    """:class:`RankCounts` of the users ``rows``, counted over every candidate.
+
+    Each chunk is scored for the whole batch, as in the first pass, and then cut to ``rows``: a matmul of
+    other shapes could round differently and break exact ties.
+    """
+    target, target_score = target[rows], target_score[rows]
+    greater, ties, candidates = (torch.zeros_like(target) for _ in range(3))
+    nonfinite = ~target_score.isfinite()
+    for start, end in _item_chunks(item_emb.shape[0] - 1, item_chunk_size):
+        scores = _chunk_scores(user_emb, item_emb, start, end)[rows]
         # The target is compared with the others, never with itself, and its score comes from the first
         # pass, unmasked: excluding the history cannot remove the target, even when it is in the history.
         candidate = torch.arange(start, end, device=target.device) != target[:, None]
         if exclude_history:
-            candidate &= ~_history_mask(history, start, end)
+            candidate &= ~_history_mask(history[rows], start, end)
+        candidates += candidate.sum(1)
+        unsound = scores.isnan() | (scores == math.inf)
+        nonfinite |= (unsound & candidate).any(1)
+        candidate &= ~unsound
         greater += ((scores > target_score[:, None]) & candidate).sum(1)
         ties += ((scores == target_score[:, None]) & candidate).sum(1)
-    return greater, ties
+    worst = ~target_score.isfinite()
+    return RankCounts(torch.where(worst, candidates, greater), torch.where(worst, 0, ties), nonfinite)
 
 
 def expected_metrics(greater: Tensor, ties: Tensor, ks: Sequence[int]) -> dict[str, Tensor]:
@@ -181,7 +249,7 @@ def top_k_items(
     for start, end in _item_chunks(num_items, item_chunk_size):
         scores = _chunk_scores(user_emb, item_emb, start, end)
         if history is not None:
-            scores = scores.masked_fill(_history_mask(history, start, end), -math.inf)
+            _drop_items(scores, history, start)
         chunk_scores, chunk_columns = scores.topk(min(k, end - start), dim=1)
         chunk_ids = chunk_columns + start
         if best_scores is not None:
@@ -203,8 +271,12 @@ class RankingMetrics(Metric):
     """NDCG@K, Recall@K, MRR@K and Hit@K of one held-out item per user, ranked against all items.
 
     ``compute()`` returns ``{"ndcg@10": ..., "recall@10": ..., "mrr@10": ..., "hit@10": ..., ...}`` for every
-    cut-off, plus ``"users"``, the number of users evaluated (over all processes). Ties count in expectation
-    (see :func:`expected_metrics`). With no users the metrics are NaN.
+    cut-off, plus ``"users"``, the number of users evaluated (over all processes), and ``"nonfinite_users"``,
+    those ranked with a NaN or infinite score (they get the worst rank, see :func:`target_rank_counts`). Ties
+    count in expectation (see :func:`expected_metrics`). With no users the metrics are NaN.
+
+    Each batch costs one matmul and one ``torch.topk(max(ks))`` per item chunk; only users whose exact ties
+    run past the ``max(ks)`` best candidates, or who meet a non-finite score, are scored a second time.
 
     Args:
         ks: Cut-offs K. Values above the number of items are allowed.
@@ -233,6 +305,7 @@ class RankingMetrics(Metric):
             "sums", default=torch.zeros(len(METRIC_NAMES), len(ks), dtype=torch.float64), dist_reduce_fx="sum"
         )
         self.add_state("num_users", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("nonfinite_users", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, user_emb: Tensor, item_emb: Tensor, target: Tensor, history: Optional[Tensor] = None) -> None:
         """Rank one batch of users.
@@ -243,17 +316,18 @@ class RankingMetrics(Metric):
             target: ``[B]`` held-out item ids in ``1..N``.
             history: ``[B, H]`` earlier items, right-padded with 0; required when ``exclude_history``.
         """
-        greater, ties = target_rank_counts(
-            user_emb, item_emb, target, history, self.exclude_history, self.item_chunk_size
+        greater, ties, nonfinite = target_rank_counts(
+            user_emb, item_emb, target, history, self.exclude_history, self.item_chunk_size, depth=max(self.ks)
         )
         values = expected_metrics(greater, ties, self.ks)
         self.sums += torch.stack(
             [torch.stack([values[f"{name}@{k}"].sum() for k in self.ks]) for name in METRIC_NAMES]
         )
         self.num_users += target.numel()
+        self.nonfinite_users += nonfinite.sum()
 
     def compute(self) -> dict[str, Tensor]:
-        """Means over all users seen since the last reset, and the user count ``"users"``."""
+        """Means over all users seen since the last reset, and the counts ``"users"`` and ``"nonfinite_users"``."""
         means = self.sums / self.num_users
         values = {
             f"{name}@{k}": means[row, column]
@@ -261,4 +335,5 @@ class RankingMetrics(Metric):
             for row, name in enumerate(METRIC_NAMES)
         }
         values["users"] = self.num_users
+        values["nonfinite_users"] = self.nonfinite_users
         return values

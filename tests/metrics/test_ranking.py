@@ -100,14 +100,18 @@ def test_hand_computed_case(case: dict) -> None:
     target = torch.tensor([case["target"]])
     history = torch.tensor([case["history"]])
 
-    greater, ties = target_rank_counts(user_emb, item_emb, target, history, case["exclude"], item_chunk_size=2)
-    assert (greater.item(), ties.item()) == case["counts"]
+    greater, ties, nonfinite = target_rank_counts(user_emb, item_emb, target, history, case["exclude"], 2)
+    assert (greater.item(), ties.item(), nonfinite.item()) == (*case["counts"], False)
+    for depth in (1, 2, 3):  # exact below depth; at or past it, capped at depth with no ties
+        capped = target_rank_counts(user_emb, item_emb, target, history, case["exclude"], 2, depth=depth)
+        expected = case["counts"] if case["counts"][0] < depth else (depth, 0)
+        assert (capped.greater.item(), capped.ties.item()) == expected, depth
 
     metric = RankingMetrics(ks=case["ks"], exclude_history=case["exclude"], item_chunk_size=2)
     metric.update(user_emb, item_emb, target, history)
     values = metric.compute()
-    assert set(values) == set(case["expected"]) | {"users"}
-    assert values["users"] == 1
+    assert set(values) == set(case["expected"]) | {"users", "nonfinite_users"}
+    assert values["users"] == 1 and values["nonfinite_users"] == 0
     for name, expected in case["expected"].items():
         assert values[name].item() == pytest.approx(expected, abs=1e-12), name
 
@@ -169,7 +173,7 @@ def test_chunk_size_does_not_change_the_result(exclude_history: bool) -> None:
 
     results = {}
     for chunk in (1, 3, 1000):
-        greater, ties = target_rank_counts(user_emb, item_emb, target, history, exclude_history, chunk)
+        greater, ties, _ = target_rank_counts(user_emb, item_emb, target, history, exclude_history, chunk)
         assert (greater.tolist(), ties.tolist()) == expected, chunk
         metric = RankingMetrics(ks=(1, 3, 20), exclude_history=exclude_history, item_chunk_size=chunk)
         metric.update(user_emb, item_emb, target, history)
@@ -192,11 +196,11 @@ def test_all_users_at_once_equal_one_user_at_a_time_and_the_mean_of_per_user_val
     one_by_one = RankingMetrics(ks=ks, item_chunk_size=8)
     for b in range(7):
         one_by_one.update(user_emb[b : b + 1], item_emb, target[b : b + 1], history[b : b + 1])
-    per_user = expected_metrics(*target_rank_counts(user_emb, item_emb, target, history, True, 8), ks)
+    per_user = expected_metrics(*target_rank_counts(user_emb, item_emb, target, history, True, 8)[:2], ks)
 
     at_once_values, one_by_one_values = at_once.compute(), one_by_one.compute()
     assert at_once_values["users"] == one_by_one_values["users"] == 7
-    assert set(per_user) | {"users"} == set(at_once_values)
+    assert set(per_user) | {"users", "nonfinite_users"} == set(at_once_values)
     for name, values in per_user.items():
         assert at_once_values[name].item() == pytest.approx(one_by_one_values[name].item(), abs=1e-12), name
         assert at_once_values[name].item() == pytest.approx(values.mean().item(), abs=1e-12), name

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from molar_lightning.data.image_check import MISSING, image_problem
 from molar_lightning.data.raw import InteractionSource, RawDataError, RawInteractions
+from molar_lightning.user_error import MissingInputError
 
 FORMAT_VERSION = 1
 MIN_LEAVE_ONE_OUT_LENGTH = 3  # one training item, one validation item, one test item
@@ -223,7 +224,7 @@ class CanonicalDataset:
         self.path = Path(path)
         meta_path = self.path / "meta.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(f"{self.path} is not a prepared data set (no meta.json); run `molar prepare`")
+            raise MissingInputError(f"{self.path} is not a prepared data set (no meta.json); run `molar prepare`")
         self.meta = json.loads(meta_path.read_text())
 
     @property

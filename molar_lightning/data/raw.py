@@ -13,8 +13,10 @@ from typing import Optional
 
 import numpy as np
 
+from molar_lightning.user_error import UserError
 
-class RawDataError(ValueError):
+
+class RawDataError(UserError, ValueError):
     """A raw input file is malformed; the message names the file, the line and the fix."""
 
 

@@ -36,6 +36,7 @@ import pyarrow.json as pa_json
 from tqdm.auto import tqdm
 
 from molar_lightning.data.raw import InteractionSource, ItemRecord, RawDataError, RawInteractions, line_error
+from molar_lightning.user_error import MissingInputError
 
 BLOCK_BYTES = 32 << 20  # pyarrow.json block: a line longer than this cannot be parsed
 
@@ -189,7 +190,7 @@ class Amazon(InteractionSource):
 
     def raw_files(self) -> list[Path]:
         if not self.reviews_path.is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"no Amazon reviews file {self.reviews_path} (or .gz); point data_dir at the folder holding it, "
                 f"set category/release to match its name, or name it with reviews_file"
             )
@@ -219,7 +220,7 @@ class Amazon(InteractionSource):
     def image_urls(self) -> Iterator[tuple[str, list[str]]]:
         """``(item id, [url, fallback url])`` for every reviewed item whose metadata names an image."""
         if not self.meta_path.is_file():
-            raise FileNotFoundError(f"no Amazon metadata file {self.meta_path}: it holds the image URLs; "
+            raise MissingInputError(f"no Amazon metadata file {self.meta_path}: it holds the image URLs; "
                                     f"name it with meta_file")
         _, items, _, _ = self._read_reviews(self.reviews_path)
         for raw_id, _, urls in self._read_meta(self.meta_path, set(pc.unique(items).to_pylist())):

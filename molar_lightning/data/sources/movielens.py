@@ -29,6 +29,7 @@ from molar_lightning.data.raw import (
     RawInteractions,
     line_error,
 )
+from molar_lightning.user_error import MissingInputError
 
 DOWNLOAD_URLS = {
     "ml-1m": "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
@@ -87,7 +88,7 @@ class MovieLens(InteractionSource):
     def _require_layout(self) -> tuple[Path, Path, str]:
         layout = self._layout_files()
         if layout is None:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{self.data_dir} holds neither ratings.dat (ML-1M layout) nor u.data (ML-100K layout); "
                 f"point data_dir at an extracted MovieLens folder or pass download=True"
             )

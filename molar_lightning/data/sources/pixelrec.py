@@ -29,6 +29,7 @@ import pyarrow.csv as pa_csv
 from tqdm.auto import tqdm
 
 from molar_lightning.data.raw import InteractionSource, ItemRecord, RawDataError, RawInteractions, line_error
+from molar_lightning.user_error import MissingInputError
 
 INTERACTION_COLUMNS = ("item_id", "user_id", "timestamp")
 
@@ -74,7 +75,7 @@ class PixelRec(InteractionSource):
 
     def raw_files(self) -> list[Path]:
         if not self.interactions_path.is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"no PixelRec interactions file {self.interactions_path}; point data_dir at the unpacked "
                 f"PixelRec50K folder, or name the file with interactions_file (e.g. dataset/Pixel200K.csv)"
             )

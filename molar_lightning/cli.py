@@ -18,6 +18,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from molar_lightning.callbacks.evaluation import RankingEvaluationCallback
 from molar_lightning.callbacks.recommendations import RecommendationWriter
 from molar_lightning.callbacks.rng_state import RNGStateCallback
+from molar_lightning.callbacks.sigterm import SIGTERMCheckpointCallback
 from molar_lightning.config_keys import accepted, asks_for_help, config_problem, given_config, resolve
 from molar_lightning.data.datamodule import SequentialDataModule
 from molar_lightning.launch_checks import launch_problem
@@ -95,7 +96,7 @@ def build_cli(args: ArgsType = None, run: bool = True, description: Optional[str
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [RNGStateCallback(), RecommendationWriter()]},
+        trainer_defaults={"callbacks": [RNGStateCallback(), RecommendationWriter(), SIGTERMCheckpointCallback()]},
         parser_kwargs={"description": description} if description else None,
         encoder_links=encoder_links(config),
         args=args,

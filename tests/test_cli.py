@@ -67,18 +67,20 @@ def test_prepare_prints_the_statistics_table(ml1m_dir: Path, tmp_path: Path, cap
     assert "80" in table and "12" in table
 
 
-def test_prepare_refuses_a_malformed_line_and_leaves_no_cache(ml1m_dir: Path, tmp_path: Path) -> None:
+def test_prepare_refuses_a_malformed_line_and_leaves_no_cache(ml1m_dir: Path, tmp_path: Path, capsys) -> None:
     path = ml1m_dir / "ratings.dat"
     path.write_text(path.read_text() + "3::4\n")
-    with pytest.raises(ValueError, match=r"ratings\.dat:81: expected 4 fields.*'3::4'"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["prepare", "--data", "MovieLensDataModule", "--data.data_dir", str(ml1m_dir),
               "--data.cache_dir", str(tmp_path / "cache")])
+    assert exit_info.value.code == 2
+    assert re.search(r"error: \S*ratings\.dat:81: expected 4 fields.*'3::4'", capsys.readouterr().err)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
 def test_prepare_refuses_a_data_set_emptied_by_k_core(ml1m_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"no interaction survives filtering: .*80.* -> 0 .*items >= 100"):
-        main(["prepare", "--data", "MovieLensDataModule", "--data.data_dir", str(ml1m_dir),
+        main(["prepare", "--debug", "--data", "MovieLensDataModule", "--data.data_dir", str(ml1m_dir),
               "--data.cache_dir", str(tmp_path / "cache"), "--data.min_item_interactions", "100"])
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 

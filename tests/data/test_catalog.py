@@ -45,13 +45,14 @@ def test_missing_or_corrupt_images_give_none(catalog: ItemCatalog) -> None:
     assert catalog.image(4) is None  # no poster
 
 
-def test_an_image_that_passes_the_check_but_does_not_decode_gives_none(ml1m_dir: Path, tmp_path: Path) -> None:
+def test_an_image_that_no_longer_decodes_gives_none(ml1m_dir: Path, tmp_path: Path) -> None:
     posters = ml1m_dir / "posters"
     posters.mkdir()
-    Image.new("RGB", (10, 10), "blue").save(posters / "1.jpg")
-    (posters / "2.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00garbage" * 20 + b"\xff\xd9")  # markers, no image
-    assert image_problem(posters / "2.jpg") is None  # looks complete from outside
+    for name in ("1.jpg", "2.jpg"):
+        Image.new("RGB", (10, 10), "blue").save(posters / name)
     dataset = prepare_dataset(MovieLens(str(ml1m_dir), show_progress=False), str(tmp_path), PrepareParams())
+    (posters / "2.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00garbage" * 20 + b"\xff\xd9")  # broken after preparing
+    assert image_problem(posters / "2.jpg") is not None
     catalog = ItemCatalog(dataset)
     assert catalog.image_path(2) is not None and catalog.image(2) is None
     assert catalog.image(1).size == (10, 10)

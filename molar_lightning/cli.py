@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from molar_lightning.callbacks.evaluation import RankingEvaluationCallback
+from molar_lightning.callbacks.prepared_data import PreparedDataCallback
 from molar_lightning.callbacks.recommendations import RecommendationWriter
 from molar_lightning.callbacks.rng_state import RNGStateCallback
 from molar_lightning.callbacks.sigterm import SIGTERMCheckpointCallback
@@ -96,7 +97,8 @@ def build_cli(args: ArgsType = None, run: bool = True, description: Optional[str
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [RNGStateCallback(), RecommendationWriter(), SIGTERMCheckpointCallback()]},
+        trainer_defaults={"callbacks": [RNGStateCallback(), RecommendationWriter(), SIGTERMCheckpointCallback(),
+                                       PreparedDataCallback()]},
         parser_kwargs={"description": description} if description else None,
         encoder_links=encoder_links(config),
         args=args,

@@ -17,7 +17,8 @@ needed (review text is skipped inside the C++ parser), so an 8.8M-review categor
 columns and then integer codes, never as Python objects. When a block fails to parse, or a required field
 is missing, the file is scanned again line by line to name the first bad line. Metadata is streamed line by
 line, and only the lines of items that appear in the reviews are parsed. Images are read from a local
-folder of ``<item id>.jpg`` files, which ``molar data fetch-images`` fills from the metadata's URLs.
+folder of ``<item id>.jpg`` files (named by ``image_names.image_file_name``: an id that is not a plain
+file name gets a safe name), which ``molar data fetch-images`` fills from the metadata's URLs.
 """
 
 import ast
@@ -35,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 from tqdm.auto import tqdm
 
+from molar_lightning.data.image_names import image_file_name
 from molar_lightning.data.raw import InteractionSource, ItemRecord, RawDataError, RawInteractions, line_error
 from molar_lightning.user_error import MissingInputError
 
@@ -206,7 +208,8 @@ class Amazon(InteractionSource):
             records = {raw_id: record for raw_id, record, _ in self._read_meta(self.meta_path, set(item_raw_ids_list))}
         if self.image_root is not None:  # where fetch-images puts it, metadata or not
             for raw_id in item_raw_ids_list:
-                records.setdefault(raw_id, ItemRecord()).image_path = os.path.join(self.image_root, f"{raw_id}.jpg")
+                records.setdefault(raw_id, ItemRecord()).image_path = os.path.join(self.image_root,
+                                                                                   image_file_name(raw_id))
         return RawInteractions(
             user_codes=pc.index_in(users, value_set=user_raw_ids).to_numpy().astype(np.int64),
             item_codes=pc.index_in(items, value_set=item_raw_ids).to_numpy().astype(np.int64),

@@ -1,0 +1,1 @@
+"""Taking a trained model out of the training loop: ``molar export``, ``molar recommend``, ``molar serve``."""

@@ -1,0 +1,154 @@
+"""``LiveModel``: a trained ranking task loaded from its checkpoint the way ``molar predict --ckpt_path`` loads it.
+
+The run's recorded ``config.yaml`` (next to ``checkpoints/``) rebuilds the task and its DataModule through the
+LightningCLI, the checkpoint's hyper-parameters are read over it and its weights loaded, and one prediction
+batch runs, so every setup hook has run (an end-to-end MIRM has embedded the catalog). The task then ranks
+with what its evaluation uses (``_rank_inputs``: the user embeddings and the item table whose dot products
+are the scores), so nothing here re-implements a model. Before any of that, the data set the config prepares
+is compared with the one the checkpoint records (:mod:`molar_lightning.callbacks.prepared_data`).
+"""
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from jsonargparse import ArgumentParser
+
+from molar_lightning.batch import PADDING_USER, EvalBatch
+from molar_lightning.callbacks.prepared_data import recorded_dataset
+from molar_lightning.cli import build_cli
+from molar_lightning.config_keys import given_config, resolve
+from molar_lightning.data.catalog import ItemCatalog
+from molar_lightning.data.collate import collate_eval
+from molar_lightning.data.datamodule import SequentialDataModule
+from molar_lightning.data.item_inputs import item_loader
+from molar_lightning.data.prepare import CanonicalDataset
+from molar_lightning.tasks.ranking_task import RankingTask
+from molar_lightning.user_error import MissingInputError, UserError
+
+# One process, one device, whatever the run trained with (a serving copy is not a distributed job), and one
+# prediction batch of top-1 items: enough for every setup hook to have run.
+SETUP_RUN = ("--trainer.devices=1", "--trainer.num_nodes=1", "--trainer.strategy=auto", "--trainer.logger=false",
+             "--trainer.limit_predict_batches=1", "--model.init_args.top_k=1")
+
+
+class ServingError(UserError, ValueError):
+    """A user mistake in exporting or serving a model; the message says what to change."""
+
+
+def run_config(checkpoint: Path) -> Path:
+    """The ``config.yaml`` LightningCLI saved with the run of ``checkpoint`` (``<run>/checkpoints/x.ckpt``)."""
+    config = checkpoint.resolve().parent.parent / "config.yaml"
+    if not config.is_file():
+        raise ServingError(f"no config.yaml beside the run of {checkpoint} (looked for {config}); pass the "
+                           f"experiment's YAML with --config")
+    return config
+
+
+def configured_dataset(config: dict) -> CanonicalDataset:
+    """The prepared data set that the ``data:`` section of ``config`` gives (prepared now if it is not cached)."""
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(SequentialDataModule, "data")
+    return parser.instantiate_classes(parser.parse_object({"data": config["data"]})).data.dataset
+
+
+def check_data(checkpoint: Path, dataset: CanonicalDataset) -> None:
+    """Refuse a data set other than the one ``checkpoint`` was trained on, naming both digests."""
+    recorded = recorded_dataset(checkpoint)
+    if recorded is not None and recorded["dataset"] != dataset.path.name:
+        raise ServingError(f"{checkpoint} was trained on the prepared data set {recorded['dataset']}, but the data "
+                           f"configured now prepares {dataset.path.name} (other raw files or preparation settings): "
+                           f"its ids would map to the wrong raw ids. Point --data.init_args.data_dir (and the other "
+                           f"data settings) at the data it was trained on, or train again on this data")
+
+
+class LiveModel:
+    """A ranking task with its weights, on one device, in evaluation mode.
+
+    Args:
+        checkpoint: a checkpoint written by ``molar fit``.
+        config: the experiment YAML; null reads the run's ``config.yaml``.
+        overrides: further ``--section.key=value`` arguments (e.g. another ``--trainer.accelerator``).
+    """
+
+    def __init__(self, checkpoint: str, config: Optional[str] = None, overrides: Sequence[str] = ()) -> None:
+        self.checkpoint = Path(checkpoint)
+        if not self.checkpoint.is_file():
+            raise MissingInputError(f"checkpoint {checkpoint} does not exist; pass a best-*.ckpt or last.ckpt written by "
+                               f"molar fit (runs/<experiment>/lightning_logs/version_<n>/checkpoints/)")
+        self.config_path = Path(config) if config else run_config(self.checkpoint)
+        args = ["--config", str(self.config_path), *overrides]
+        settings = given_config(args)
+        task = resolve(settings.get("model", {}).get("class_path", ""))
+        if not (isinstance(task, type) and issubclass(task, RankingTask)):
+            raise ServingError(f"{self.checkpoint} is a {settings.get('model', {}).get('class_path')} checkpoint; "
+                               f"only ranking tasks (SequentialRecModule, MolarModule) recommend items")
+        self.dataset = configured_dataset(settings)
+        check_data(self.checkpoint, self.dataset)
+        scratch = tempfile.mkdtemp(prefix="molar-live-")  # the one prediction batch's recommendations go here
+        try:
+            cli = build_cli(["predict", *args, *SETUP_RUN, f"--trainer.default_root_dir={scratch}",
+                             "--ckpt_path", str(self.checkpoint)])
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        self.config = settings
+        self.trainer, self.datamodule = cli.trainer, cli.datamodule
+        self.device = cli.trainer.strategy.root_device
+        self.task: RankingTask = cli.model.to(self.device).eval()
+        self.max_seq_len = cli.datamodule.max_seq_len
+
+    @torch.no_grad()
+    def rank_inputs(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
+        """``{"user_emb" [B, D], "item_emb" [N + 1, D]}`` of an evaluation batch, as evaluation scores it."""
+        batch = self.task.transfer_batch_to_device(batch, self.device, 0)
+        with self.trainer.precision_plugin.forward_context():
+            inputs = self.task._rank_inputs(batch)
+        return {name: value.float().cpu() for name, value in inputs.items()}
+
+    def encode_histories(self, histories: Sequence[np.ndarray], user_ids: Optional[Sequence[int]] = None
+                         ) -> torch.Tensor:
+        """User embeddings ``[B, D]`` of item-id histories (oldest first); ``user_ids`` are data-set users' rows
+        for the models that read them (FPMC), unknown users otherwise."""
+        user_ids = user_ids if user_ids is not None else [PADDING_USER] * len(histories)
+        batch = collate_eval([(np.asarray(history[-self.max_seq_len:], dtype=np.int64), 0, user,
+                               np.asarray(history, dtype=np.int64)) for history, user in zip(histories, user_ids)])
+        try:
+            return self.rank_inputs(batch)["user_emb"]
+        except IndexError as error:
+            raise ServingError(f"{type(self.task.encoder).__name__} cannot embed a history of an unknown user "
+                               f"({error}); ask for a user of the data set instead") from error
+
+    def item_table(self) -> torch.Tensor:
+        """``[N + 1, D]``: the items as evaluation scores them (row 0 is padding)."""
+        return self.rank_inputs(collate_eval([(np.array([1]), 0, 0, np.array([1]))]))["item_emb"]
+
+    @torch.no_grad()
+    def embed_new_items(self, catalog: ItemCatalog, batch_size: int = 32) -> torch.Tensor:
+        """Cold start: ``[K, D]`` scoring rows of the ``K`` items of ``catalog`` (ids ``1..K``), which the trained
+        MIRM embeds as it embeds the catalogue at evaluation.
+
+        Only a MolarModule trained end to end holds its MIRM, and only content scoring ranks by it alone (the ID
+        model has no row for a new item)."""
+        task = self.task
+        encoder = getattr(task, "item_encoder", None)
+        if encoder is None:
+            raise ServingError(f"{self.checkpoint} holds no item encoder (a {type(task).__name__} "
+                               f"{'in the cached mode' if hasattr(task, 'items') else 'of item ids'}): new items can "
+                               f"only be embedded by a MolarModule trained end to end (item_encoder set)")
+        if task.scoring != "content":
+            raise ServingError(f"this MolarModule scores items with scoring: {task.scoring}, which needs each item's "
+                               f"ID-model embedding; new items have none. Export with scoring content "
+                               f"(--model.init_args.scoring=content) to rank them")
+        rows = None
+        for batch in item_loader(catalog, encoder.prompts, batch_size=batch_size, shard=False):
+            batch = task.transfer_batch_to_device(batch, self.device, 0)
+            with self.trainer.precision_plugin.forward_context():
+                embedded = task.item_adapter(task.items.encode(batch).float())
+            # Content scoring is the cosine (MolarModule._rank_inputs normalises the item table the same way).
+            embedded = torch.nn.functional.normalize(embedded.float(), dim=-1).cpu()
+            rows = rows if rows is not None else torch.zeros(len(catalog), embedded.shape[-1])
+            rows[batch.item_ids.cpu() - 1] = embedded
+        return rows

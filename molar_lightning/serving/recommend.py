@@ -1,0 +1,216 @@
+"""``molar recommend``: top-k items in raw ids for a raw user id or an ad-hoc history, from an export.
+
+A request is a JSON object: ``{"user": "<raw user id>"}`` or ``{"history": ["<raw item id>", ...]}`` (oldest
+first), with ``"k"`` (default 10) and ``"include_seen"`` (default false: the user's items, or the history's,
+are never returned). The answer is ``{"user" or "history", "items": [raw ids], "scores": [...]}``, best first.
+A user is looked up in the export; a history is embedded by the live model (the export's checkpoint,
+:class:`~molar_lightning.serving.live_model.LiveModel`), loaded when the recommender is opened with
+``histories=True``. Items added by cold start can be recommended but not read as history: the model has no
+input row for them. Every mistake in a request is a :class:`RequestError` naming what to change (unknown ids
+by id), which ``molar serve`` answers as an HTTP 4xx.
+"""
+
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from molar_lightning.serving.export import EXPORT_FORMAT, MANIFEST
+from molar_lightning.serving.live_model import LiveModel, ServingError
+from molar_lightning.serving.search import IndexKind, build_search
+
+MAX_K = 1000
+REQUEST_KEYS = ("user", "history", "k", "include_seen")
+
+
+class RequestError(ValueError):
+    """A request that cannot be answered; ``status`` is its HTTP status (400, or 404 for an unknown user)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _raw_id(value: Any, what: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise RequestError(f"{what} must be a string (or an integer) id, got {json.dumps(value)}")
+    return str(value)
+
+
+class Recommender:
+    """Answers recommendation requests from an export folder (``molar export``).
+
+    Args:
+        folder: the export.
+        index: ``exact`` chunked search, or an approximate index (``clustered``, ``faiss``) for large catalogues
+            (:mod:`molar_lightning.serving.search`).
+        histories: load the export's checkpoint to embed ad-hoc histories; off, only users of the export are
+            answered.
+    """
+
+    def __init__(self, folder: str, index: IndexKind = "exact", histories: bool = False) -> None:
+        self.folder = Path(folder)
+        manifest_path = self.folder / MANIFEST
+        if not manifest_path.is_file():
+            raise ServingError(f"{folder} is not an export (no {MANIFEST}); write one with molar export --ckpt_path "
+                               f"<checkpoint> --out {folder}")
+        self.manifest = json.loads(manifest_path.read_text())
+        if self.manifest.get("format") != EXPORT_FORMAT:
+            raise ServingError(f"{folder} is an export of format {self.manifest.get('format')}, this version reads "
+                               f"format {EXPORT_FORMAT}; export the checkpoint again")
+        self.items = load_file(str(self.folder / "items.safetensors"))["embeddings"]
+        users = load_file(str(self.folder / "users.safetensors"))
+        self.users, self.seen_offsets, self.seen_items = users["embeddings"], users["seen_offsets"], users["seen_items"]
+        self.item_ids: list[str] = json.loads((self.folder / "items.json").read_text())
+        self.user_ids: list[str] = json.loads((self.folder / "users.json").read_text())
+        self.item_rows = {raw: row for row, raw in enumerate(self.item_ids, start=1)}
+        self.user_rows = {raw: row for row, raw in enumerate(self.user_ids)}
+        self.num_trained_items = int(self.manifest["num_trained_items"])
+        self.search = build_search(self.items, index)
+        self.model: Optional[LiveModel] = None
+        if histories:
+            self.model = LiveModel(self.manifest["checkpoint"], self.manifest["config"], self.manifest["overrides"])
+        self._model_lock = threading.Lock()  # one history batch through the model at a time
+
+    def seen(self, user_row: int) -> list[int]:
+        return self.seen_items[self.seen_offsets[user_row]:self.seen_offsets[user_row + 1]].tolist()
+
+    def _history_rows(self, history: Any) -> list[int]:
+        if not isinstance(history, list) or not history:
+            raise RequestError('history must be a non-empty list of raw item ids, e.g. {"history": ["i1", "i2"]}')
+        raw = [_raw_id(item, "each history item") for item in history]
+        unknown = [item for item in raw if item not in self.item_rows]
+        if unknown:
+            raise RequestError(f"unknown item ids in history: {unknown}")
+        rows = [self.item_rows[item] for item in raw]
+        cold = [item for item, row in zip(raw, rows) if row > self.num_trained_items]
+        if cold:
+            raise RequestError(f"items {cold} were added after training (cold start): they can be recommended but "
+                               f"the model cannot read them as history; leave them out")
+        return rows
+
+    def parse(self, request: Any) -> tuple[dict[str, Any], torch.Tensor, list[int]]:
+        """Check a request; returns ``(echo, user_emb [D] or None for a history, seen rows)``."""
+        if not isinstance(request, dict):
+            raise RequestError('a request is a JSON object: {"user": "<id>"} or {"history": ["<item id>", ...]}, with '
+                               'optional "k" and "include_seen"')
+        unknown = sorted(set(request) - set(REQUEST_KEYS))
+        if unknown:
+            raise RequestError(f"unknown request field(s) {unknown}; the fields are {', '.join(REQUEST_KEYS)}")
+        if ("user" in request) == ("history" in request):
+            raise RequestError('give exactly one of "user" (a raw user id) and "history" (raw item ids)')
+        if "user" in request:
+            user = _raw_id(request["user"], "user")
+            if user not in self.user_rows:
+                raise RequestError(f"unknown user id {user!r}: not in this export (its users are the data set's and "
+                                   f"those exported with --histories); send their history instead", status=404)
+            row = self.user_rows[user]
+            return {"user": user}, self.users[row], self.seen(row)
+        rows = self._history_rows(request["history"])
+        if self.model is None:
+            raise RequestError("this recommender was opened without its model, so it cannot embed a history; ask for "
+                               "a user, or start it with histories on (molar serve/recommend --histories true)")
+        with self._model_lock:
+            user_emb = self.model.encode_histories([np.asarray(rows)])[0]
+        return {"history": [str(item) for item in request["history"]]}, user_emb, rows
+
+    def recommend(self, request: Any) -> dict[str, Any]:
+        """Answer one request (see the module docstring); raises :class:`RequestError` for a bad one."""
+        echo, user_emb, seen = self.parse(request)
+        k = request.get("k", 10)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise RequestError(f"k must be an integer in 1..{MAX_K}, got {json.dumps(k)}")
+        include_seen = request.get("include_seen", False)
+        if not isinstance(include_seen, bool):
+            raise RequestError(f"include_seen must be true or false, got {json.dumps(include_seen)}")
+        scores, rows = self.search.search(user_emb[None], k, None if include_seen else [seen])
+        kept = [(row, score) for row, score in zip(rows[0].tolist(), scores[0].tolist()) if row != 0]
+        return {**echo, "items": [self.item_ids[row - 1] for row, _ in kept],
+                "scores": [round(score, 6) for _, score in kept]}
+
+
+OPTIONS = {
+    "--export": "export folder written by molar export (required)",
+    "--user": "a raw user id",
+    "--history": "raw item ids, comma-separated, oldest first (loads the export's checkpoint)",
+    "--request": "one request as JSON (see docs/serving.md)",
+    "--requests": "a file of JSON requests, one per line ('-' reads standard input)",
+    "--k": "items per answer (default 10)",
+    "--include_seen": "true: also return the user's own items (default false)",
+    "--index": "exact (default), clustered or faiss",
+}
+
+
+def parse_flags(args: list[str], options: dict[str, str]) -> dict[str, str]:
+    """``--name value`` / ``--name=value`` pairs of ``options``; anything else is refused with the list."""
+    found, position = {}, 0
+    while position < len(args):
+        name, has_value, value = args[position].partition("=")
+        if name not in options:
+            raise ServingError(f"unknown option {args[position]!r}; the options are {', '.join(options)}")
+        if not has_value:
+            if position + 1 >= len(args):
+                raise ServingError(f"{name} needs a value")
+            value, position = args[position + 1], position + 1
+        found[name[2:]] = value
+        position += 1
+    return found
+
+
+def usage(prog: str, description: str, options: dict[str, str]) -> str:
+    width = max(map(len, options))
+    return "\n".join([f"usage: {prog} [options]", "", description, "",
+                      *(f"  {name:<{width}}  {text}" for name, text in options.items())])
+
+
+def flag(value: str, name: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise ServingError(f"--{name} takes true or false, got {value!r}")
+    return value.lower() == "true"
+
+
+def requests_of(options: dict[str, str]) -> list[Any]:
+    """The requests that ``molar recommend``'s options describe."""
+    common = {"k": int(options["k"])} if "k" in options else {}
+    if "include_seen" in options:
+        common["include_seen"] = flag(options["include_seen"], "include_seen")
+    if "user" in options:
+        return [{"user": options["user"], **common}]
+    if "history" in options:
+        return [{"history": [item for item in options["history"].split(",") if item], **common}]
+    if "request" in options:
+        return [json.loads(options["request"])]
+    if "requests" in options:
+        handle = sys.stdin if options["requests"] == "-" else open(options["requests"], encoding="utf-8")
+        with handle:
+            return [json.loads(line) for line in handle if line.strip()]
+    raise ServingError("molar recommend needs one of --user, --history, --request or --requests")
+
+
+DESCRIPTION = "top-k items in raw ids for a user or an ad-hoc history, from an export (JSON in, JSON out)"
+
+
+def main(args: list[str]) -> None:
+    """``molar recommend``: prints one JSON answer per request (an ``{"error": ...}`` line for a bad one)."""
+    if "-h" in args or "--help" in args:
+        print(usage("molar recommend", DESCRIPTION, OPTIONS))
+        return
+    options = parse_flags(args, OPTIONS)
+    if "export" not in options:
+        raise ServingError(f"molar recommend needs --export\n{usage('molar recommend', DESCRIPTION, OPTIONS)}")
+    try:
+        requests = requests_of(options)
+    except json.JSONDecodeError as error:
+        raise ServingError(f"a request is not valid JSON: {error}") from None
+    needs_model = any(isinstance(request, dict) and "history" in request for request in requests)
+    recommender = Recommender(options["export"], options.get("index", "exact"), histories=needs_model)
+    for request in requests:
+        try:
+            print(json.dumps(recommender.recommend(request)))
+        except RequestError as error:
+            print(json.dumps({"error": str(error)}))

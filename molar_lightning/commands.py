@@ -22,6 +22,7 @@ from molar_lightning.data import image_fetch
 from molar_lightning.data.datamodule import SequentialDataModule
 from molar_lightning.embed import DESCRIPTION as EMBED_DESCRIPTION
 from molar_lightning.embed import embed
+from molar_lightning.serving import export, recommend, server
 from molar_lightning.user_error import DEBUG_VARIABLE, MissingInputError, UserError, debug_requested, reported
 
 PREPARE_DESCRIPTION = "raw files -> canonical data set; prints the statistics table"
@@ -70,6 +71,9 @@ OTHER_COMMANDS: dict[str, tuple[str, Callable[[list[str]], object]]] = {
     "data fetch-images": ("download the item images named in Amazon metadata (resumable)", image_fetch.main),
     "embed": (EMBED_DESCRIPTION, embed),
     "quickstart": ("the whole Molar pipeline on the built-in shop data, on CPU, with a report", quickstart.main),
+    "export": (export.DESCRIPTION, export.main),
+    "recommend": (recommend.DESCRIPTION, recommend.main),
+    "serve": (server.DESCRIPTION, server.main),
 }
 
 

@@ -8,23 +8,17 @@ failed run is finished by running it again. Every download goes to a temporary n
 into place only once it passes the same check, so the folder never holds a half-written image under an
 item's name.
 
-Metadata is untrusted input, so each download is fenced: only absolute ``http(s)`` URLs are fetched, and
-redirects only to such URLs (no ``file:``, ``data:`` or ``ftp:``, which urllib would otherwise open); a
-body is refused once it is over ``max_bytes`` (from its ``Content-Length`` before reading, and while
-streaming it to disk in chunks) or once the download has taken over ``timeout`` seconds (checked between
-chunks; the connection and each header line wait at most ``timeout`` too). A record that breaks any rule
-is a failure counted and listed in ``<image_dir>/fetch_failures.tsv`` (written atomically on every run,
-a header alone when nothing failed), never an abort.
+Metadata is untrusted input, so every download goes through :func:`~molar_lightning.data.download.download`:
+absolute ``http(s)`` URLs only (redirects too), a byte cap (``max_bytes``) and a total timeout per download.
+A record that breaks a rule (a number, a relative or ``file:`` URL, a body over the cap, a server that
+drips) is a failure, counted and listed in ``<image_dir>/fetch_failures.tsv``, never an abort. That file
+is written atomically on every run, a header alone when nothing failed.
 """
 
-import http.client
 import os
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,15 +27,12 @@ from typing import Iterable, Literal, Optional, Sequence
 from jsonargparse import ArgumentParser
 from tqdm.auto import tqdm
 
+from molar_lightning.data.download import DownloadError, download, one_line, url_problem
 from molar_lightning.data.image_check import MAX_IMAGE_BYTES, image_problem
 from molar_lightning.data.image_names import image_file_name
 from molar_lightning.data.sources.amazon import Amazon
 
 FAILURES_FILE = "fetch_failures.tsv"
-PERMANENT_HTTP_ERRORS = (400, 401, 403, 404, 410)  # retrying these cannot help; try the item's next URL
-USER_AGENT = "molar-lightning-image-fetch/1 (+https://github.com/molar-lightning)"
-CHUNK_BYTES = 64 * 1024
-WEB_SCHEMES = ("http", "https")
 
 
 @dataclass
@@ -59,90 +50,12 @@ class FetchReport:
     failed: list[tuple[str, str, str]] = field(default_factory=list)
 
 
-class _Retryable(Exception):
-    """A failure that another attempt at the same URL may not repeat."""
-
-
-class _Permanent(Exception):
-    """A failure every attempt at the same URL would repeat: go on to the item's next URL."""
-
-
-class _WebOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows a redirect only to an http(s) URL (urllib's own handler also follows ``ftp:``)."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if urllib.parse.urlsplit(newurl).scheme.lower() not in WEB_SCHEMES:
-            fp.close()
-            raise _Permanent(f"redirected to {_shorten(newurl)!r}, which is not an http(s) URL")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def _web_only_opener() -> urllib.request.OpenerDirector:
-    """An opener with handlers for http(s) alone: no URL, however it got here, is read from disk or inline."""
-    opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.ProxyHandler(), urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
-                    urllib.request.HTTPDefaultErrorHandler(), _WebOnlyRedirects(),
-                    urllib.request.HTTPErrorProcessor()):
-        opener.add_handler(handler)
-    return opener
-
-
-OPENER = _web_only_opener()
-
-
-def _shorten(text: object, limit: int = 200) -> str:
-    """``text`` on one line (safe for a TSV field), at most ``limit`` characters."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[:limit] + "..."
-
-
-def _url_problem(url: object) -> Optional[str]:
-    """Why ``url`` is not fetched (not a string, relative, another scheme), or None."""
-    if not isinstance(url, str):
-        return f"not a URL: {url!r}"
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError as error:
-        return f"not a valid URL ({error})"
-    if parts.scheme.lower() not in WEB_SCHEMES or not parts.netloc:
-        return "not an absolute http(s) URL; only those are fetched"
-    return None
-
-
-def _download(url: str, target: Path, timeout: float, max_bytes: int) -> None:
-    """Fetch ``url`` into ``target`` (a temporary name); raise :class:`_Retryable` or :class:`_Permanent`."""
-    deadline = time.monotonic() + timeout
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    try:
-        with OPENER.open(request, timeout=timeout) as response, open(target, "wb") as out:
-            declared = response.headers.get("Content-Length", "")
-            declared = int(declared) if declared.isdigit() else None
-            if declared is not None and declared > max_bytes:
-                raise _Permanent(f"larger than the {max_bytes:,}-byte cap (Content-Length {declared:,})")
-            received = 0
-            while chunk := response.read1(CHUNK_BYTES):  # what has arrived, never waiting to fill the chunk
-                received += len(chunk)
-                if received > max_bytes:
-                    raise _Permanent(f"larger than the {max_bytes:,}-byte cap (more received)")
-                if time.monotonic() > deadline:
-                    raise _Retryable(f"not done after the {timeout:g} s timeout ({received:,} bytes received)")
-                out.write(chunk)
-    except urllib.error.HTTPError as error:
-        error.close()
-        if 300 <= error.code < 400:  # a redirect urllib refused itself (to file:, data:, ...)
-            raise _Permanent(f"HTTP {error.code} ({_shorten(error.reason)})") from None
-        if error.code in PERMANENT_HTTP_ERRORS:
-            raise _Permanent(f"HTTP {error.code}") from None
-        raise _Retryable(f"HTTP {error.code}") from None
-    except urllib.error.URLError as error:
-        raise _Retryable(_shorten(error.reason)) from None
-    except (http.client.HTTPException, OSError) as error:  # connection errors, timeouts, a bad header
-        raise _Retryable(_shorten(error) or type(error).__name__) from None
-    if declared is not None and received < declared:
-        raise _Retryable(f"incomplete body ({received:,} of {declared:,} bytes)")
+def _download_image(url: str, target: Path, timeout: float, max_bytes: int) -> None:
+    """Fetch ``url`` into ``target`` (a temporary name); a body that is not a usable image is a transient failure."""
+    received = download(url, target, timeout, max_bytes)
     problem = image_problem(target)
     if problem is not None:
-        raise _Retryable(f"{problem} ({received:,} bytes received)")
+        raise DownloadError(f"{problem} ({received:,} bytes received)", permanent=False)
 
 
 def _fetch_one(item_id: str, urls: Sequence[object], out_dir: Path, retries: int, timeout: float,
@@ -156,20 +69,19 @@ def _fetch_one(item_id: str, urls: Sequence[object], out_dir: Path, retries: int
     failure = ("", "no image URL in the metadata")
     try:
         for url in urls:
-            problem = _url_problem(url)
+            problem = url_problem(url)
             if problem is not None:
-                failure = (_shorten(url), problem)
+                failure = (one_line(url), problem)
                 continue
             for attempt in range(retries + 1):
                 try:
-                    _download(url, partial, timeout, max_bytes)
+                    _download_image(url, partial, timeout, max_bytes)
                     os.replace(partial, target)
                     return item_id, "downloaded", None
-                except _Permanent as error:
-                    failure = (url, str(error))
-                    break
-                except _Retryable as error:
-                    failure = (url, str(error))
+                except DownloadError as error:
+                    failure = (url, error.reason)
+                    if error.permanent:
+                        break  # try the item's next URL
                     if attempt < retries:
                         time.sleep(backoff * 2 ** attempt)
     finally:
@@ -180,7 +92,7 @@ def _fetch_one(item_id: str, urls: Sequence[object], out_dir: Path, retries: int
 def _write_failures(path: Path, failed: list[tuple[str, str, str]]) -> None:
     """``fetch_failures.tsv`` (a header alone when nothing failed), replaced in one step."""
     text = "item_id\turl\treason\n" + "".join(
-        "\t".join(_shorten(field, 2000) for field in row) + "\n" for row in sorted(failed))
+        "\t".join(one_line(field, 2000) for field in row) + "\n" for row in sorted(failed))
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
@@ -262,7 +174,8 @@ def fetch_amazon_images(
         retries: further attempts per URL after a transient failure.
         timeout: seconds one download may take in all (connecting, waiting, receiving) before the attempt
             counts as failed.
-        max_bytes: largest image accepted, in bytes; a larger body is refused (the image check's cap too).
+        max_bytes: largest image accepted, in bytes; a larger body is refused while it streams. Preparation
+            refuses files over the image check's cap (50 MiB) whatever this says.
         workers: downloads in flight at once.
         show_progress: show a progress bar.
     """

@@ -17,7 +17,7 @@ from molar_lightning.batch import EvalBatch, TrainBatch
 from molar_lightning.losses import FullSoftmaxCrossEntropy, NextItemLoss
 from molar_lightning.models.protocol import IDSequenceEncoder
 from molar_lightning.tasks.hyperparameters import record_hyperparameters
-from molar_lightning.tasks.ranking_task import RankingTask
+from molar_lightning.tasks.ranking_task import ItemTables, RankingTask
 
 
 def add_auxiliary_loss(task: LightningModule, encoder: IDSequenceEncoder, batch: TrainBatch, states: torch.Tensor,
@@ -79,6 +79,8 @@ class SequentialRecModule(RankingTask):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def _rank_inputs(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
-        user_emb = self.encoder.encode_sequence(batch.item_seq, batch.mask, batch.user_ids)
-        return {"user_emb": user_emb, "item_emb": self.encoder.item_embeddings()}
+    def item_tables(self) -> ItemTables:
+        return {"item_emb": self.encoder.item_embeddings()}
+
+    def user_embeddings(self, batch: EvalBatch, tables: ItemTables) -> torch.Tensor:
+        return self.encoder.encode_sequence(batch.item_seq, batch.mask, batch.user_ids)

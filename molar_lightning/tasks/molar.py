@@ -38,7 +38,7 @@ from molar_lightning.sharding import holds_language_model
 from molar_lightning.tasks.hyperparameters import record_hyperparameters
 from molar_lightning.tasks.item_side import CachedItems, EncodedItems
 from molar_lightning.tasks.post_alignment import PostAlignment, adapted_width
-from molar_lightning.tasks.ranking_task import RankingTask
+from molar_lightning.tasks.ranking_task import ItemTables, RankingTask
 from molar_lightning.tasks.sequential import add_auxiliary_loss
 
 # Checkpoints written before the item side and post-alignment were parts of their own.
@@ -213,14 +213,18 @@ class MolarModule(RankingTask):
         """``[N + 1, D]``: every item's embedding after the adapter (end to end: embedded at evaluation start)."""
         return self.item_adapter(self.items.catalog())
 
+    # The catalog is embedded first (end to end), then RankingTask builds the epoch's item tables from it.
     def on_validation_epoch_start(self) -> None:
         self.items.embed_catalog(self.to_device)
+        super().on_validation_epoch_start()
 
     def on_test_epoch_start(self) -> None:
         self.items.embed_catalog(self.to_device)
+        super().on_test_epoch_start()
 
     def on_predict_epoch_start(self) -> None:
         self.items.embed_catalog(self.to_device)
+        super().on_predict_epoch_start()
 
     def on_train_end(self) -> None:
         if self.item_encoder is not None:
@@ -312,18 +316,30 @@ class MolarModule(RankingTask):
             state.setdefault(key, own[key])
 
     # ----- evaluation ---------------------------------------------------------------------------------------
-    def _rank_inputs(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
+    def item_tables(self) -> ItemTables:
+        """``"item_emb"``, the scoring table: the ID model's (``scoring: id``), the normalised content table, or
+        both scaled and concatenated (``fused``); and ``"content"``, the adapted table the user model reads."""
         if self.scoring == "id":
-            return {"user_emb": self.encoder.encode_sequence(batch.item_seq, batch.mask, batch.user_ids),
-                    "item_emb": self.encoder.item_embeddings()}
+            return {"item_emb": self.encoder.item_embeddings()}
         table = self.item_table()
-        user = F.normalize(self.user_states(table, batch.item_seq, batch.mask, batch.item_seq, last_only=True), dim=-1)
         items = F.normalize(table, dim=-1)
         if self.scoring == "content":
-            return {"user_emb": user, "item_emb": items}
-        id_user = F.normalize(self.encoder.encode_sequence(batch.item_seq, batch.mask, batch.user_ids), dim=-1)
+            return {"content": table, "item_emb": items}
+        content_scale, id_scale = self._fusion_scales()
         id_items = F.normalize(self.encoder.item_embeddings(), dim=-1)
-        content_scale, id_scale = (1 - self.fusion_weight) ** 0.5, self.fusion_weight ** 0.5
-        # Concatenated, their dot product is (1 - w) * content cosine + w * ID cosine.
-        return {"user_emb": torch.cat([content_scale * user, id_scale * id_user], dim=-1),
-                "item_emb": torch.cat([content_scale * items, id_scale * id_items], dim=-1)}
+        return {"content": table, "item_emb": torch.cat([content_scale * items, id_scale * id_items], dim=-1)}
+
+    def user_embeddings(self, batch: EvalBatch, tables: ItemTables) -> torch.Tensor:
+        if self.scoring == "id":
+            return self.encoder.encode_sequence(batch.item_seq, batch.mask, batch.user_ids)
+        content = self.user_states(tables["content"], batch.item_seq, batch.mask, batch.item_seq, last_only=True)
+        user = F.normalize(content, dim=-1)
+        if self.scoring == "content":
+            return user
+        content_scale, id_scale = self._fusion_scales()
+        id_user = F.normalize(self.encoder.encode_sequence(batch.item_seq, batch.mask, batch.user_ids), dim=-1)
+        return torch.cat([content_scale * user, id_scale * id_user], dim=-1)
+
+    def _fusion_scales(self) -> tuple[float, float]:
+        """Concatenated with these scales, a dot product is ``(1 - w) * content cosine + w * ID cosine``."""
+        return (1 - self.fusion_weight) ** 0.5, self.fusion_weight ** 0.5

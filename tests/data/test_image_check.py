@@ -108,7 +108,8 @@ def test_the_byte_and_pixel_caps_are_arguments(tmp_path: Path) -> None:
     path = tmp_path / "image.png"
     path.write_bytes(PNG)
     assert image_problem(path) is None
-    assert image_problem(path, max_bytes=len(PNG) - 1) == f"larger than the {len(PNG) - 1:,}-byte cap ({len(PNG):,} bytes)"
+    cap = len(PNG) - 1
+    assert image_problem(path, max_bytes=cap) == f"larger than the {cap:,}-byte cap ({len(PNG):,} bytes)"
     assert image_problem(path, max_pixels=48 * 32 - 1) == f"too many pixels (48 x 32, over {48 * 32 - 1:,})"
 
 
@@ -145,7 +146,7 @@ needs_posix = pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists
 def test_dev_zero_is_refused_without_reading_it() -> None:
     result = check_in_a_bounded_process("/dev/zero")
     assert result["problem"] == "not a regular file (a character device)"
-    assert result["seconds"] < 1 and result["peak_mb"] < 200
+    assert result["seconds"] < 5 and result["peak_mb"] < 200  # loose: the machine may be busy
 
 
 @needs_posix
@@ -154,7 +155,7 @@ def test_a_fifo_is_refused_without_opening_it(tmp_path: Path) -> None:
     os.mkfifo(fifo)  # no writer: opening it for reading would wait for one forever
     result = check_in_a_bounded_process(fifo)
     assert result["problem"] == "not a regular file (a FIFO)"
-    assert result["seconds"] < 1
+    assert result["seconds"] < 5
 
 
 @needs_posix
@@ -171,7 +172,7 @@ def test_a_90_megapixel_png_is_refused_from_its_header(tmp_path: Path) -> None:
     assert path.stat().st_size < 200_000  # small on disk, 90 MB of pixels once decoded
     result = check_in_a_bounded_process(path)
     assert result["problem"] == "too many pixels (9,500 x 9,500, over 50,000,000)"
-    assert result["seconds"] < 1 and result["peak_mb"] < 200
+    assert result["seconds"] < 5 and result["peak_mb"] < 200  # loose: the machine may be busy
 
 
 def test_preparation_does_not_import_the_downloader() -> None:

@@ -117,7 +117,8 @@ def test_fetch_downloads_falls_back_retries_and_reports(server, tmp_path: Path) 
     failed = {item: reason for item, _, reason in report.failed}
     assert set(failed) == set("defgh") and not any((out / f"{item}.jpg").exists() for item in "defgh")
     assert failed["d"].startswith("truncated JPEG") and failed["f"].startswith("not an image")
-    assert failed["e"].startswith("incomplete body") and failed["g"] == "HTTP 404" and failed["h"].startswith("no image URL")
+    assert failed["e"].startswith("incomplete body") and failed["g"] == "HTTP 404"
+    assert failed["h"].startswith("no image URL")
     # 404s are not retried; transient failures are tried 1 + retries times; a success stops at once.
     assert server.requests["/gone.jpg"] == server.requests["/gone-too.jpg"] == server.requests["/a.jpg"] == 1
     assert server.requests["/flaky.jpg"] == 2
@@ -259,4 +260,4 @@ def test_a_slow_drip_is_cut_at_the_total_timeout(server, tmp_path: Path) -> None
                           show_progress=False)
     elapsed = time.monotonic() - start
     assert report.downloaded == 0 and report.failed[0][2].startswith("not done after the 1 s timeout")
-    assert elapsed < 3, elapsed
+    assert elapsed < 4.5, elapsed  # the whole body takes 6 s

@@ -29,6 +29,10 @@ class RankingEvaluationCallback(pl.Callback):
     without ``sync_dist``; a ``monitor:`` can name any of them, e.g. ``val/ndcg@10``. The validation history
     is part of the callback's checkpoint state, so a resumed run keeps the epochs before the resume.
 
+    Users ranked with a NaN or infinite score get the worst rank, so a diverged model scores below a random
+    one and never becomes the best checkpoint; their count is logged (``val/nonfinite_users``) and a warning
+    says so.
+
     Args:
         ks: Cut-offs K of NDCG@K, Recall@K, MRR@K and Hit@K.
         exclude_history: Leave each user's earlier items out of the ranking (the target itself stays).
@@ -129,6 +133,13 @@ def _compute_and_log(
     metric.reset()
     if int(values["users"]) == 0:
         return None
+    if int(values["nonfinite_users"]):
+        rank_zero_warn(
+            f"{int(values['nonfinite_users'])} of {int(values['users'])} {prefix} users were ranked with a NaN or "
+            f"infinite score and got the worst rank: the model has probably diverged. Lower the learning rate, "
+            f"set trainer.gradient_clip_val, or train in fp32 (trainer.precision) and resume from an earlier "
+            f"checkpoint."
+        )
     for name, value in values.items():
         pl_module.log(f"{prefix}/{name}", value if value.is_floating_point() else value.float())
     return {name: value.item() for name, value in values.items()}

@@ -16,6 +16,9 @@ import pytest
 from PIL import Image
 
 from molar_lightning.data.image_check import MISSING, image_problem
+from molar_lightning.data.prepare import PrepareParams, prepare_dataset
+from molar_lightning.data.raw import RawDataError
+from molar_lightning.data.sources.movielens import MovieLens
 
 
 def encoded(image_format: str, mode: str = "RGB", size: tuple[int, int] = (48, 32)) -> bytes:
@@ -173,6 +176,23 @@ def test_a_90_megapixel_png_is_refused_from_its_header(tmp_path: Path) -> None:
     result = check_in_a_bounded_process(path)
     assert result["problem"] == "too many pixels (9,500 x 9,500, over 50,000,000)"
     assert result["seconds"] < 5 and result["peak_mb"] < 200  # loose: the machine may be busy
+
+
+def test_image_policy_error_refuses_posters_that_do_not_decode(ml1m_dir: Path, tmp_path: Path) -> None:
+    posters = ml1m_dir / "posters"
+    posters.mkdir()
+    movies = [line.split("::")[0] for line in (ml1m_dir / "movies.dat").read_text("latin-1").splitlines()]
+    for movie in movies:
+        (posters / f"{movie}.jpg").write_bytes(JPEG + b"trailing bytes")  # usable
+    (posters / f"{movies[0]}.jpg").write_bytes(b"\xff\xd8\xff\xd9")
+    (posters / f"{movies[1]}.jpg").write_bytes(corrupted_middle(JPEG))
+    source = MovieLens(str(ml1m_dir), show_progress=False)
+    with pytest.raises(RawDataError) as refused:
+        prepare_dataset(source, str(tmp_path / "cache"), PrepareParams(image_policy="error", min_user_interactions=0,
+                                                                        min_item_interactions=0))
+    message = str(refused.value)
+    assert "2 of 10 items have no usable image (0 missing, 2 corrupt)" in message, message
+    assert f"{movies[0]}.jpg: truncated JPEG" in message and f"{movies[1]}.jpg: does not decode as JPEG" in message
 
 
 def test_preparation_does_not_import_the_downloader() -> None:

@@ -27,7 +27,7 @@ from typing import Iterable, Literal, Optional, Sequence
 from jsonargparse import ArgumentParser
 from tqdm.auto import tqdm
 
-from molar_lightning.data.download import DownloadError, download, one_line, url_problem
+from molar_lightning.data.download import DownloadError, download, one_line
 from molar_lightning.data.image_check import MAX_IMAGE_BYTES, image_problem
 from molar_lightning.data.image_names import image_file_name
 from molar_lightning.data.sources.amazon import Amazon
@@ -69,17 +69,13 @@ def _fetch_one(item_id: str, urls: Sequence[object], out_dir: Path, retries: int
     failure = ("", "no image URL in the metadata")
     try:
         for url in urls:
-            problem = url_problem(url)
-            if problem is not None:
-                failure = (one_line(url), problem)
-                continue
             for attempt in range(retries + 1):
                 try:
                     _download_image(url, partial, timeout, max_bytes)
                     os.replace(partial, target)
                     return item_id, "downloaded", None
-                except DownloadError as error:
-                    failure = (url, error.reason)
+                except DownloadError as error:  # a URL that is not absolute http(s) is a permanent one
+                    failure = (one_line(url), error.reason)
                     if error.permanent:
                         break  # try the item's next URL
                     if attempt < retries:

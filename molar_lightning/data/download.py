@@ -9,6 +9,7 @@ before reading, then counted while it streams to disk in chunks) or once the dow
 too). :func:`extract_zip` refuses an archive with a member that would land outside the target folder.
 """
 
+import functools
 import http.client
 import time
 import urllib.error
@@ -42,6 +43,7 @@ class _WebOnlyRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+@functools.cache  # built on first use: importing a data source loads no certificates
 def _web_only_opener() -> urllib.request.OpenerDirector:
     opener = urllib.request.OpenerDirector()
     for handler in (urllib.request.ProxyHandler(), urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
@@ -49,9 +51,6 @@ def _web_only_opener() -> urllib.request.OpenerDirector:
                     urllib.request.HTTPErrorProcessor()):
         opener.add_handler(handler)
     return opener
-
-
-OPENER = _web_only_opener()
 
 
 def one_line(text: object, limit: int = 200) -> str:
@@ -84,7 +83,7 @@ def download(url: str, target: Path, timeout: float, max_bytes: int) -> int:
     deadline = time.monotonic() + timeout
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
-        with OPENER.open(request, timeout=timeout) as response, open(target, "wb") as out:
+        with _web_only_opener().open(request, timeout=timeout) as response, open(target, "wb") as out:
             declared = response.headers.get("Content-Length", "")
             declared = int(declared) if declared.isdigit() else None
             if declared is not None and declared > max_bytes:

@@ -47,7 +47,7 @@ class Recommender:
 
     Args:
         folder: the export.
-        index: ``exact`` chunked search, or an approximate index (``clustered``, ``faiss``) for large catalogues
+        index: ``exact`` chunked search, or ``faiss``, an approximate index for large catalogues
             (:mod:`molar_lightning.serving.search`).
         histories: load the export's checkpoint to embed ad-hoc histories; off, only users of the export are
             answered.
@@ -142,7 +142,7 @@ OPTIONS = {
     "--requests": "a file of JSON requests, one per line ('-' reads standard input)",
     "--k": "items per answer (default 10)",
     "--include_seen": "true: also return the user's own items (default false)",
-    "--index": "exact (default), clustered or faiss",
+    "--index": "exact (default) or faiss (approximate; pip install faiss-cpu)",
 }
 
 

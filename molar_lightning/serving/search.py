@@ -6,12 +6,11 @@ and each user's ``exclude`` items never returned, and id 0 with score ``-inf`` w
 
 * :class:`ExactSearch` is the evaluation's own chunked ``matmul + topk``
   (:func:`~molar_lightning.metrics.ranking.top_k_items`): exact, memory bounded by the chunk.
-* :class:`ClusteredSearch` (an inverted file, "IVF") groups the items into ``k``-means clusters once and
-  scores only the items of the ``probes`` clusters nearest each user: approximate, built in, no extra package.
-* :class:`FaissSearch` hands the same job to ``faiss`` (``pip install faiss-cpu``), an optional extra imported
-  only when asked for.
+* :class:`FaissSearch` is approximate: a ``faiss`` HNSW graph over the items (``pip install faiss-cpu``), an
+  optional extra imported only when asked for. It pays off for millions of items and one user per query; on a
+  CPU, exact search over a batch of users is a matmul that is hard to beat below that.
 
-``benchmarks/ann_recall.py`` reports the approximate indexes' recall@10 against exact search.
+``benchmarks/ann_recall.py`` reports its recall@10 against exact search and both query times.
 """
 
 import math
@@ -21,8 +20,9 @@ import torch
 from torch import Tensor
 
 from molar_lightning.metrics.ranking import top_k_items
+from molar_lightning.user_error import UserError
 
-IndexKind = Literal["exact", "clustered", "faiss"]
+IndexKind = Literal["exact", "faiss"]
 
 
 def exclusion_tensor(exclude: Optional[Sequence[Sequence[int]]], rows: int) -> Optional[Tensor]:
@@ -54,63 +54,6 @@ class ExactSearch:
         return top_k_items(user_emb, self.items, k, history, self.item_chunk_size)
 
 
-def _kmeans(points: Tensor, clusters: int, iterations: int, generator: torch.Generator) -> Tensor:
-    """``[clusters, D]`` centroids of ``points`` by Lloyd's iterations on inner products (spherical k-means
-    when the points are normalised); an emptied cluster restarts at a random point."""
-    centroids = points[torch.randperm(len(points), generator=generator)[:clusters]].clone()
-    for _ in range(iterations):
-        assignment = (points @ centroids.T).argmax(dim=1)
-        sums = torch.zeros_like(centroids).index_add_(0, assignment, points)
-        counts = torch.bincount(assignment, minlength=clusters)
-        empty = counts == 0
-        centroids = sums / counts.clamp(min=1)[:, None]
-        centroids[empty] = points[torch.randint(len(points), (int(empty.sum()),), generator=generator)]
-    return centroids
-
-
-class ClusteredSearch:
-    """An inverted file: items grouped by their nearest of ``clusters`` centroids; a query scores the items of
-    its ``probes`` best centroids. Build cost: ``iterations`` passes of ``N x clusters``; query cost about
-    ``probes / clusters`` of exact search.
-
-    Args:
-        items: ``[N + 1, D]`` item table, row 0 padding.
-        clusters: number of lists; about the square root of the item count is usual.
-        probes: lists scored per query; more is slower and closer to exact.
-        iterations: k-means iterations.
-        seed: seeds the k-means initialisation.
-    """
-
-    def __init__(self, items: Tensor, clusters: Optional[int] = None, probes: int = 8, iterations: int = 10,
-                 seed: int = 0) -> None:
-        points = items[1:].float()
-        self.items = items
-        clusters = min(clusters or max(1, round(math.sqrt(len(points)))), len(points))
-        self.probes = min(probes, clusters)
-        generator = torch.Generator().manual_seed(seed)
-        self.centroids = _kmeans(points, clusters, iterations, generator)
-        assignment = (points @ self.centroids.T).argmax(dim=1)
-        order = torch.argsort(assignment, stable=True)
-        self.list_items = order + 1  # item ids, grouped by list
-        self.list_starts = torch.cat([torch.zeros(1, dtype=torch.long),
-                                      torch.bincount(assignment, minlength=clusters).cumsum(0)])
-
-    def search(self, user_emb: Tensor, k: int, exclude: Optional[Sequence[Sequence[int]]] = None
-               ) -> tuple[Tensor, Tensor]:
-        k = min(k, len(self.items) - 1)
-        scores = torch.full((len(user_emb), k), -math.inf)
-        ids = torch.zeros(len(user_emb), k, dtype=torch.long)
-        nearest = (user_emb.float() @ self.centroids.T).topk(self.probes, dim=1).indices
-        for row, lists in enumerate(nearest.tolist()):
-            candidates = torch.cat([self.list_items[self.list_starts[c]:self.list_starts[c + 1]] for c in lists])
-            if exclude is not None and len(exclude[row]):
-                candidates = candidates[~torch.isin(candidates, torch.as_tensor(list(exclude[row])))]
-            found = self.items[candidates].float() @ user_emb[row].float()
-            best, position = found.topk(min(k, len(found)))
-            scores[row, :len(best)], ids[row, :len(best)] = best, candidates[position]
-        return scores, ids
-
-
 class FaissSearch:
     """``faiss.IndexHNSWFlat`` over inner products (``pip install faiss-cpu``; imported only when built).
 
@@ -126,8 +69,8 @@ class FaissSearch:
         try:
             import faiss
         except ImportError:
-            raise ImportError("index: faiss needs the faiss package (pip install faiss-cpu); or use index: exact "
-                              "or index: clustered, which need nothing more") from None
+            raise UserError("--index faiss needs the faiss package (pip install faiss-cpu); or use --index "
+                               "exact, which needs nothing more") from None
         self.num_items = len(items) - 1
         self.index = faiss.IndexHNSWFlat(items.shape[1], neighbours, faiss.METRIC_INNER_PRODUCT)
         self.index.hnsw.efSearch = ef_search
@@ -154,8 +97,6 @@ def build_search(items: Tensor, kind: IndexKind = "exact", item_chunk_size: int 
     """The index of ``kind`` over ``items`` with its default settings."""
     if kind == "exact":
         return ExactSearch(items, item_chunk_size)
-    if kind == "clustered":
-        return ClusteredSearch(items)
     if kind == "faiss":
         return FaissSearch(items)
-    raise ValueError(f"index must be exact, clustered or faiss, got {kind!r}")
+    raise UserError(f"--index must be exact or faiss, got {kind!r}")

@@ -117,7 +117,7 @@ OPTIONS = {
     "--export": "export folder written by molar export (required)",
     "--host": "address to bind (default 127.0.0.1: this machine only)",
     "--port": "port (default 8000; 0 picks a free one)",
-    "--index": "exact (default), clustered or faiss",
+    "--index": "exact (default) or faiss (approximate; pip install faiss-cpu)",
     "--histories": "true (default): load the export's checkpoint to embed ad-hoc histories; false: users only",
     "--verbose": "true: log every request to standard error",
 }

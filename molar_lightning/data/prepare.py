@@ -13,11 +13,15 @@ file, or one that is truncated or not an image), and ``image_policy`` decides wh
 the data set naming the files. The counts go into the statistics table.
 """
 
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -34,6 +38,8 @@ from molar_lightning.user_error import MissingInputError
 FORMAT_VERSION = 1
 MIN_LEAVE_ONE_OUT_LENGTH = 3  # one training item, one validation item, one test item
 IMAGE_POLICIES = ("text_only", "drop_item", "error")
+MAX_INT64_DIGITS = 18  # every id of at most 18 digits fits int64
+STALE_AFTER_SECONDS = 24 * 3600  # a staging folder of another machine this old is taken as abandoned
 
 
 @dataclass(frozen=True)
@@ -77,8 +83,9 @@ def k_core_mask(user_codes: np.ndarray, item_codes: np.ndarray, min_user: int, m
 
 
 def _raw_id_order(raw_ids: np.ndarray) -> np.ndarray:
-    """Order raw ids numerically when they are all integers, else as strings (stable, deterministic)."""
-    if all(raw_id.isdigit() for raw_id in raw_ids):
+    """Order raw ids numerically when they are all non-negative int64 integers in ASCII digits, else as strings
+    (stable, deterministic); ``str.isdigit`` alone also takes ``"١٢"`` and ids of any length."""
+    if all(raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= MAX_INT64_DIGITS for raw_id in raw_ids):
         return np.argsort(raw_ids.astype(np.int64), kind="stable")
     return np.argsort(raw_ids.astype(str), kind="stable")
 
@@ -176,6 +183,14 @@ def build_canonical_tables(raw: RawInteractions, params: PrepareParams) -> tuple
         kept = np.flatnonzero(~without_image)
         core = np.zeros(len(item_codes), dtype=bool)
         core[kept[k_core_mask(user_codes[kept], item_codes[kept], min_user, min_item)]] = True
+    if not core.any() and "items_dropped_for_images" in image_counts:
+        raise RawDataError(
+            f"no interaction survives filtering: image_policy 'drop_item' removed the "
+            f"{image_counts['items_dropped_for_images']:,} of {len(checked):,} items without a usable image "
+            f"({missing:,} missing, {image_counts['images_corrupt']:,} corrupt), and k-core (users >= {min_user}, "
+            f"items >= {min_item} interactions) then removed the rest; fetch the images (Amazon: `molar data "
+            f"fetch-images`) or set image_policy to 'text_only'"
+        )
     if not core.any():
         raise RawDataError(
             f"no interaction survives filtering: {counts} -> 0 after k-core with users >= "
@@ -282,15 +297,52 @@ def cache_key(source: InteractionSource, params: PrepareParams) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def _staging_prefix(final: Path) -> str:
+    """Staging folders of ``final`` start with this; the writer's process id and host follow, then a random tail."""
+    return f".staging-{final.name}-"
+
+
+def _abandoned(staging: Path, prefix: str) -> bool:
+    """Whether ``staging`` was left by a writer that is gone: a process of this host that no longer runs, or
+    (another host's, or a folder named before the process and host were recorded) untouched for a day."""
+    owner = re.fullmatch(r"(\d+)@(.+)-[^-]+", staging.name[len(prefix):])
+    if owner and owner.group(2) == socket.gethostname():
+        try:
+            os.kill(int(owner.group(1)), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # runs, under another user
+        return False
+    try:
+        return time.time() - staging.stat().st_mtime > STALE_AFTER_SECONDS
+    except FileNotFoundError:
+        return False  # its writer just renamed or removed it
+
+
+def remove_abandoned_staging(final: Path) -> list[Path]:
+    """Delete the staging folders of ``final`` that a killed run left (a live writer's are kept); return them."""
+    prefix = _staging_prefix(final)
+    removed = [staging for staging in final.parent.glob(f"{glob.escape(prefix)}*") if _abandoned(staging, prefix)]
+    for staging in removed:
+        shutil.rmtree(staging, ignore_errors=True)
+    return removed
+
+
 def prepare_dataset(source: InteractionSource, cache_dir: str, params: PrepareParams) -> CanonicalDataset:
-    """Return the canonical data set for ``source`` and ``params``, preparing it only on a cache miss."""
+    """Return the canonical data set for ``source`` and ``params``, preparing it only on a cache miss.
+
+    A miss first removes what an earlier, killed preparation of the same key left in the cache folder.
+    """
     cache_root = Path(cache_dir)
     final = cache_root / f"{source.name}-{cache_key(source, params)}"
     if (final / "meta.json").is_file():
         return CanonicalDataset(final)
     cache_root.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_staging(final)
     sequences, items, statistics = build_canonical_tables(source.read(), params)
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{final.name}-", dir=cache_root))
+    staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(final)}{os.getpid()}@{socket.gethostname()}-",
+                                    dir=cache_root))
     try:
         datasets.disable_progress_bars()  # writing takes well under a second; its bars would only be noise
         datasets.Dataset(sequences).save_to_disk(str(staging / "sequences"))

@@ -5,11 +5,13 @@ multi-million-line dump is held as a few numpy arrays, never as millions of Pyth
 """
 
 import hashlib
+import math
 import os
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Hashable, Optional
 
 import numpy as np
 
@@ -26,6 +28,80 @@ def line_error(path: Path, line_number: int, line: str, problem: str) -> RawData
     if len(text) > 200:
         text = text[:200] + "..."
     return RawDataError(f"{path}:{line_number}: {problem}: {text!r}")
+
+
+INT64_RANGE = (-(1 << 63), (1 << 63) - 1)
+INTEGER = re.compile(r"\s*[-+]?[0-9]+\s*")
+DECIMAL = re.compile(r"\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*")
+
+
+def parse_integer(text: str) -> Optional[int]:
+    """``text`` as an int64, or None: ASCII digits only (``int()`` also takes ``"١٢"``, ``"1_0"``), in range."""
+    if not INTEGER.fullmatch(text):
+        return None
+    value = int(text)
+    return value if INT64_RANGE[0] <= value <= INT64_RANGE[1] else None
+
+
+def parse_rating(text: str) -> Optional[float]:
+    """``text`` as a finite decimal number, or None (``float()`` also takes ``"nan"``, ``"inf"``, ``"1e309"``)."""
+    if not DECIMAL.fullmatch(text):
+        return None
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def in_int64(value: object) -> bool:
+    """Whether a parsed JSON value is an integer (not a bool) that fits int64."""
+    return isinstance(value, int) and not isinstance(value, bool) and INT64_RANGE[0] <= value <= INT64_RANGE[1]
+
+
+def first_non_utf8_line(path: Path) -> Optional[RawDataError]:
+    """The error for the first line of ``path`` that is not UTF-8, or None when every line is."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return line_error(path, number, line.decode("utf-8", "replace"),
+                                  f"not UTF-8 ({error.reason} at byte {error.start}); re-encode the file as UTF-8 "
+                                  f"(e.g. iconv -f <its encoding> -t utf-8)")
+    return None
+
+
+class FirstSeen:
+    """Where each id of a metadata file was first listed, so that a second listing is skipped when it repeats the
+    first exactly (real dumps do this) and refused, naming both lines, when it says something else.
+
+    Args:
+        path: the file being read.
+        field: the id's name in that format, for the message.
+    """
+
+    def __init__(self, path: Path, field: str) -> None:
+        self.path, self.field = path, field
+        self.first: dict[str, tuple[int, int]] = {}  # id -> (line number, hash of the content)
+        self.identical = 0
+
+    def repeats(self, raw_id: str, number: int, line: str, content: Hashable = None) -> bool:
+        """Whether ``raw_id`` was listed before with the same ``content`` (default: the stripped line)."""
+        digest = hash(line.strip() if content is None else content)
+        if raw_id not in self.first:
+            self.first[raw_id] = (number, digest)
+            return False
+        first_line, first_digest = self.first[raw_id]
+        if first_digest != digest:
+            raise line_error(self.path, number, line, f"duplicate {self.field} {raw_id!r}, first listed at line "
+                             f"{first_line} with different content; keep one of the two lines")
+        self.identical += 1
+        return True
+
+
+def unreadable(path: Path, last_line: int, error: BaseException) -> RawDataError:
+    """The error for a file whose bytes end early or do not decompress (a cut or corrupt download)."""
+    return RawDataError(f"{path}: cannot be read past line {last_line} ({type(error).__name__}: {error}); the file "
+                        f"is cut short or corrupt: download it again (a file that is not gzip-compressed must not be "
+                        f"named .gz)")
 
 
 @dataclass

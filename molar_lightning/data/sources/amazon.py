@@ -24,8 +24,10 @@ file name gets a safe name), which ``molar data fetch-images`` fills from the me
 import ast
 import gzip
 import json
+import math
 import os
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Optional
@@ -37,7 +39,16 @@ import pyarrow.json as pa_json
 from tqdm.auto import tqdm
 
 from molar_lightning.data.image_names import image_file_name
-from molar_lightning.data.raw import InteractionSource, ItemRecord, RawDataError, RawInteractions, line_error
+from molar_lightning.data.raw import (
+    FirstSeen,
+    InteractionSource,
+    ItemRecord,
+    RawDataError,
+    RawInteractions,
+    in_int64,
+    line_error,
+    unreadable,
+)
 from molar_lightning.user_error import MissingInputError
 
 BLOCK_BYTES = 32 << 20  # pyarrow.json block: a line longer than this cannot be parsed
@@ -74,13 +85,23 @@ def _details(details: object) -> dict[str, str]:
     return pairs
 
 
+def _listed(value: object) -> list:
+    """A metadata field that should be a list, as one: anything else (a number, a string) lists nothing."""
+    return value if isinstance(value, list) else []
+
+
+def _urls(*values: object) -> list[str]:
+    """The values that can be URLs (non-empty strings), in order; the fetcher checks the scheme."""
+    return [value for value in values if isinstance(value, str) and value.strip()]
+
+
 def _content_2023(entry: dict) -> tuple[ItemRecord, list[str]]:
     attributes = {"store": _text(entry.get("store")), "categories": _text(entry.get("categories"), " > "),
                   "features": _text(entry.get("features"), "; ")}
     attributes.update(_details(entry.get("details")))
-    images = [image for image in entry.get("images") or [] if isinstance(image, dict)]
+    images = [image for image in _listed(entry.get("images")) if isinstance(image, dict)]
     main = next((image for image in images if image.get("variant") == "MAIN"), images[0] if images else {})
-    urls = [url for url in (main.get("hi_res"), main.get("large")) if url]
+    urls = _urls(main.get("hi_res"), main.get("large"))
     return ItemRecord(title=_text(entry.get("title")), description=_text(entry.get("description")),
                       attributes={k: v for k, v in attributes.items() if v}), urls
 
@@ -89,17 +110,16 @@ def _content_2018(entry: dict) -> tuple[ItemRecord, list[str]]:
     attributes = {"brand": _text(entry.get("brand")), "categories": _text(entry.get("category"), " > "),
                   "features": _text(entry.get("feature"), "; ")}
     attributes.update(_details(entry.get("details")))
-    urls = [listed[0] for listed in (entry.get("imageURLHighRes"), entry.get("imageURL"))
-            if isinstance(listed, list) and listed]
+    firsts = [_listed(entry.get(name))[:1] for name in ("imageURLHighRes", "imageURL")]
+    urls = _urls(*(listed[0] for listed in firsts if listed))
     return ItemRecord(title=_text(entry.get("title")), description=_text(entry.get("description")),
                       attributes={k: v for k, v in attributes.items() if v}), urls
 
 
 def _content_2014(entry: dict) -> tuple[ItemRecord, list[str]]:
-    paths = entry.get("categories") or []
-    categories = "; ".join(_text(path, " > ") for path in paths if isinstance(path, list))
+    categories = "; ".join(_text(path, " > ") for path in _listed(entry.get("categories")) if isinstance(path, list))
     attributes = {"brand": _text(entry.get("brand")), "categories": categories}
-    urls = [entry["imUrl"]] if isinstance(entry.get("imUrl"), str) and entry["imUrl"] else []
+    urls = _urls(entry.get("imUrl"))
     return ItemRecord(title=_text(entry.get("title")), description=_text(entry.get("description")),
                       attributes={k: v for k, v in attributes.items() if v}), urls
 
@@ -135,12 +155,17 @@ def _open_binary(path: Path):
 
 
 def _lines(path: Path, show_progress: bool) -> Iterator[tuple[int, bytes]]:
-    """Yield ``(line_number, line)`` of the non-blank lines of a (gzipped) text file, streaming."""
-    with _open_binary(path) as handle:
-        for number, line in enumerate(tqdm(handle, desc=f"reading {path.name}", unit=" lines", mininterval=1.0,
-                                           disable=not show_progress), start=1):
-            if line.strip():
-                yield number, line
+    """Yield ``(line_number, line)`` of the non-blank lines of a (gzipped) text file, streaming; a file that ends
+    early or does not decompress is refused with the last line read."""
+    number = 0
+    try:
+        with _open_binary(path) as handle:
+            for number, line in enumerate(tqdm(handle, desc=f"reading {path.name}", unit=" lines", mininterval=1.0,
+                                               disable=not show_progress), start=1):
+                if line.strip():
+                    yield number, line
+    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+        raise unreadable(path, number, error) from None
 
 
 class Amazon(InteractionSource):
@@ -247,41 +272,47 @@ class Amazon(InteractionSource):
                 for batch in reader:
                     batches.append(batch)
                     progress.update(batch.num_rows)
+            table = pa.Table.from_batches(batches, schema=schema)
+            table.validate(full=True)  # the JSON parser lets bytes that are not UTF-8 into strings
         except (pa.ArrowInvalid, OSError) as error:
             raise self._first_bad_review(path, required, error) from None
-        table = pa.Table.from_batches(batches, schema=schema)
-        if any(table.column(name).null_count for name in required):
-            raise self._first_bad_review(path, required, None)
         if table.num_rows == 0:
             raise RawDataError(f"{path} holds no reviews")
+        ids = [table.column(name) for name in required[:2]]
+        if (any(table.column(name).null_count for name in required)
+                or any(pc.any(pc.equal(pc.utf8_trim_whitespace(column), "")).as_py() for column in ids)
+                or not pc.all(pc.is_finite(table.column(layout.rating_field))).as_py()):
+            raise self._first_bad_review(path, required, None)
         return tuple(table.column(name) for name in required)
 
     def _first_bad_review(self, path: Path, required: list[str], error: Optional[Exception]) -> RawDataError:
         """Scan ``path`` line by line for the first line the fast reader could not take, and describe it."""
         user, item, time, rating = required
-        try:
-            for number, line in _lines(path, show_progress=False):
-                try:
-                    entry = json.loads(line)
-                except ValueError as bad:
-                    return line_error(path, number, line.decode("utf-8", "replace"), f"not valid JSON ({bad})")
-                text = line.decode("utf-8", "replace")
-                if not isinstance(entry, dict):
-                    return line_error(path, number, text, "not a JSON object")
-                for name in required:
-                    if entry.get(name) is None:
-                        return line_error(path, number, text,
-                                          f"missing required field {name!r}; every review line needs "
-                                          f"{', '.join(required)} (check that release matches the file)")
-                for name in (user, item):
-                    if not isinstance(entry[name], str):
-                        return line_error(path, number, text, f"field {name!r} is not a string")
-                if not isinstance(entry[time], int) or isinstance(entry[time], bool):
-                    return line_error(path, number, text, f"field {time!r} is not an integer")
-                if not isinstance(entry[rating], (int, float)) or isinstance(entry[rating], bool):
-                    return line_error(path, number, text, f"field {rating!r} is not a number")
-        except (OSError, EOFError) as bad:
-            return RawDataError(f"{path}: cannot be read to the end ({bad}); download it again")
+        lines = 0
+        for number, line in _lines(path, show_progress=False):
+            lines += 1
+            text = line.decode("utf-8", "replace")
+            try:
+                entry = json.loads(line)
+            except (ValueError, RecursionError) as bad:
+                return line_error(path, number, text, f"not valid JSON ({type(bad).__name__}: {bad})")
+            if not isinstance(entry, dict):
+                return line_error(path, number, text, "not a JSON object")
+            for name in required:
+                if entry.get(name) is None:
+                    return line_error(path, number, text,
+                                      f"missing required field {name!r}; every review line needs "
+                                      f"{', '.join(required)} (check that release matches the file)")
+            for name in (user, item):
+                if not isinstance(entry[name], str) or not entry[name].strip():
+                    return line_error(path, number, text, f"field {name!r} is not a non-empty string")
+            if not in_int64(entry[time]):
+                return line_error(path, number, text, f"field {time!r} is not an integer of at most 64 bits")
+            value = entry[rating]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                return line_error(path, number, text, f"field {rating!r} is not a finite number")
+        if not lines:
+            return RawDataError(f"{path} holds no reviews")
         return RawDataError(f"{path}: could not be parsed ({error}), though every line is a JSON object with "
                             f"{', '.join(required)}; a line longer than {BLOCK_BYTES >> 20} MiB would do this")
 
@@ -296,8 +327,7 @@ class Amazon(InteractionSource):
         layout, key = self.layout, self.layout.meta_item_field
         quote = "'" if layout.meta_is_python_literal else '"'
         marker = f"{quote}{key}{quote}: {quote}".encode()  # as json.dumps / repr write it
-        first_seen: dict[str, tuple[int, int]] = {}  # item id -> (line number, hash of the line)
-        identical = 0
+        first_seen = FirstSeen(path, key)
         for number, line in _lines(path, self.show_progress):
             start = line.find(marker)
             if start >= 0 and line.find(marker, start + 1) < 0:  # exactly one id-like field: read it unparsed
@@ -310,22 +340,16 @@ class Amazon(InteractionSource):
             except (ValueError, SyntaxError, MemoryError, RecursionError) as bad:
                 kind = "a Python literal (the 2014 metadata format)" if layout.meta_is_python_literal else "valid JSON"
                 raise line_error(path, number, text, f"not {kind} ({type(bad).__name__}: {bad})") from None
-            if not isinstance(entry, dict) or not isinstance(entry.get(key), str) or not entry[key]:
+            if not isinstance(entry, dict) or not isinstance(entry.get(key), str) or not entry[key].strip():
                 raise line_error(path, number, text, f"missing required field {key!r} (the item id)")
             raw_id = entry[key]
-            if raw_id not in wanted:
+            if raw_id not in wanted or first_seen.repeats(raw_id, number, text):
                 continue
-            line_hash = hash(line.strip())
-            if raw_id in first_seen:
-                first_line, first_hash = first_seen[raw_id]
-                if first_hash == line_hash:
-                    identical += 1
-                    continue
-                raise line_error(path, number, text, f"duplicate {key} {raw_id!r}, first listed at line {first_line} "
-                                 f"with different content; keep one of the two lines")
-            first_seen[raw_id] = (number, line_hash)
-            record, urls = layout.content(entry)
+            try:
+                record, urls = layout.content(entry)
+            except RecursionError:
+                raise line_error(path, number, text, "a field is nested too deeply to be read as text") from None
             yield raw_id, record, urls
-        if identical:
-            warnings.warn(f"{path}: skipped {identical} metadata lines that repeat an earlier line exactly",
-                          stacklevel=2)
+        if first_seen.identical:
+            warnings.warn(f"{path}: skipped {first_seen.identical} metadata lines that repeat an earlier line "
+                          f"exactly", stacklevel=2)

@@ -23,11 +23,14 @@ from tqdm.auto import tqdm
 
 from molar_lightning.data.raw import (
     Codebook,
+    FirstSeen,
     InteractionSource,
     ItemRecord,
     RawDataError,
     RawInteractions,
     line_error,
+    parse_integer,
+    parse_rating,
 )
 from molar_lightning.user_error import MissingInputError
 
@@ -109,12 +112,17 @@ class MovieLens(InteractionSource):
             if len(fields) != 4:
                 raise line_error(ratings_path, number, line,
                                  f"expected 4 fields UserID{separator}MovieID{separator}Rating{separator}Timestamp")
-            try:
-                rating, timestamp = float(fields[2]), int(fields[3])
-            except ValueError:
-                raise line_error(ratings_path, number, line, "rating or timestamp is not a number") from None
-            user_codes.append(users.code(fields[0].strip()))
-            item_codes.append(items.code(fields[1].strip()))
+            user, item = fields[0].strip(), fields[1].strip()
+            if not user or not item:
+                raise line_error(ratings_path, number, line, f"empty {'UserID' if not user else 'MovieID'}")
+            rating, timestamp = parse_rating(fields[2]), parse_integer(fields[3])
+            if rating is None:
+                raise line_error(ratings_path, number, line, "rating is not a finite decimal number")
+            if timestamp is None:
+                raise line_error(ratings_path, number, line, "timestamp is not an integer of at most 64 bits "
+                                 "(Unix seconds, ASCII digits)")
+            user_codes.append(users.code(user))
+            item_codes.append(items.code(item))
             ratings.append(rating)
             timestamps.append(timestamp)
         if not user_codes:
@@ -132,7 +140,9 @@ class MovieLens(InteractionSource):
         )
 
     def _read_movies(self, path: Path) -> dict[str, ItemRecord]:
+        """Title and genres by movie id; a movie listed twice with different content is refused."""
         records: dict[str, ItemRecord] = {}
+        first_seen = FirstSeen(path, "MovieID")
         for number, line in read_text_lines(path, show_progress=False):
             if path.name == "u.item":
                 fields = line.split("|")
@@ -144,7 +154,12 @@ class MovieLens(InteractionSource):
                 if len(fields) != 3:
                     raise line_error(path, number, line, "expected 3 fields MovieID::Title::Genres")
                 genres = [genre for genre in fields[2].split("|") if genre]
-            records[fields[0].strip()] = ItemRecord(title=fields[1].strip(), attributes={"genres": ", ".join(genres)})
+            movie_id = fields[0].strip()
+            if not movie_id:
+                raise line_error(path, number, line, "empty MovieID")
+            if first_seen.repeats(movie_id, number, line):
+                continue
+            records[movie_id] = ItemRecord(title=fields[1].strip(), attributes={"genres": ", ".join(genres)})
         return records
 
     def _add_extras(self, records: dict[str, ItemRecord]) -> None:
@@ -158,18 +173,40 @@ class MovieLens(InteractionSource):
         text_path = self.data_dir / "item_text.jsonl"
         if not text_path.is_file():
             return
+        first_seen = FirstSeen(text_path, "movie_id")
         for number, line in read_text_lines(text_path, show_progress=False):
             try:
                 entry = json.loads(line)
-                record = records.setdefault(str(entry["movie_id"]), ItemRecord(title=entry.get("title", "")))
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise line_error(text_path, number, line, f"not a JSON object with a movie_id ({error})") from None
-            record.description = _present(entry.get("description"))
+            except (ValueError, RecursionError) as error:
+                raise line_error(text_path, number, line, f"not valid JSON ({type(error).__name__})") from None
+            movie_id = entry.get("movie_id") if isinstance(entry, dict) else None
+            if isinstance(movie_id, bool) or not isinstance(movie_id, (int, str)) or not str(movie_id).strip():
+                raise line_error(text_path, number, line, "not a JSON object with a movie_id (a number or a string)")
+            movie_id = str(movie_id).strip()
+            if first_seen.repeats(movie_id, number, line):
+                continue
+            fields = {key: _text_field(entry.get(key)) for key in ("title", "description", "director", "cast")}
+            wrong = [key for key, value in fields.items() if value is None]
+            if wrong:
+                raise line_error(text_path, number, line, f"{', '.join(wrong)}: expected text or a list of texts")
+            record = records.setdefault(movie_id, ItemRecord(title=fields["title"]))
+            record.description = fields["description"]
             for key in ("director", "cast"):
-                value = entry.get(key) or []
-                value = _present(", ".join(v for v in value if _present(v)) if isinstance(value, list) else value)
-                if value:
-                    record.attributes[key] = value
+                if fields[key]:
+                    record.attributes[key] = fields[key]
+
+
+def _text_field(value: object) -> Optional[str]:
+    """An ``item_text.jsonl`` field as text: a string or number, or a list of them joined with ", "; None (the
+    field is refused) for anything else, "" for null or a scrape placeholder."""
+    if isinstance(value, list):
+        parts = [_text_field(part) for part in value if not isinstance(part, list)]
+        if len(parts) < len(value) or None in parts:
+            return None
+        return ", ".join(part for part in parts if part)
+    if value is None or isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return _present(value)
+    return None
 
 
 def _present(value: object) -> str:

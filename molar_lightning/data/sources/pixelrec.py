@@ -20,7 +20,7 @@ interactions, and are not used.
 import csv
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -28,15 +28,40 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from tqdm.auto import tqdm
 
-from molar_lightning.data.raw import InteractionSource, ItemRecord, RawDataError, RawInteractions, line_error
+from molar_lightning.data.raw import (
+    FirstSeen,
+    InteractionSource,
+    ItemRecord,
+    RawDataError,
+    RawInteractions,
+    first_non_utf8_line,
+    line_error,
+    parse_integer,
+    unreadable,
+)
 from molar_lightning.user_error import MissingInputError
 
 INTERACTION_COLUMNS = ("item_id", "user_id", "timestamp")
 
 
-def _header(path: Path) -> list[str]:
+def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, fields)`` of the non-empty rows of a UTF-8 CSV file; a file that is not UTF-8, or a row
+    the csv module cannot take (a field over its 131,072-character limit), is refused naming the line."""
     with open(path, newline="", encoding="utf-8-sig") as handle:
-        return next(csv.reader(handle), [])
+        reader = csv.reader(handle)
+        try:
+            for row in reader:
+                if row:
+                    yield reader.line_num, row
+        except UnicodeDecodeError as error:
+            raise first_non_utf8_line(path) or unreadable(path, reader.line_num, error) from None
+        except csv.Error as error:
+            raise RawDataError(f"{path}:{reader.line_num}: the row cannot be read as CSV ({error}); shorten the "
+                               f"field or remove the row") from None
+
+
+def _header(path: Path) -> list[str]:
+    return next((row for _, row in _rows(path)), [])
 
 
 def _require_header(path: Path, required: tuple[str, ...]) -> list[str]:
@@ -121,58 +146,48 @@ class PixelRec(InteractionSource):
         if table.num_rows == 0:
             raise RawDataError(f"{path} holds no interactions")
         columns = [table.column(name) for name in INTERACTION_COLUMNS]
-        if columns[2].null_count or any(pc.any(pc.equal(column, "")).as_py() for column in columns[:2]):
+        if columns[2].null_count or any(pc.any(pc.equal(pc.utf8_trim_whitespace(column), "")).as_py()
+                                        for column in columns[:2]):
             raise self._first_bad_row(path, None)
         return tuple(columns)
 
     def _first_bad_row(self, path: Path, error: Optional[Exception]) -> RawDataError:
         """Scan the CSV with :mod:`csv` for the first row the fast reader could not take, and describe it."""
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            header = next(reader)
-            position = {name: header.index(name) for name in INTERACTION_COLUMNS}
-            for row in reader:
-                if not row:
-                    continue
-                text = ",".join(row)
-                if len(row) != len(header):
-                    return line_error(path, reader.line_num, text, f"expected {len(header)} fields "
-                                      f"({','.join(header)}), got {len(row)}")
-                for name in ("item_id", "user_id"):
-                    if not row[position[name]].strip():
-                        return line_error(path, reader.line_num, text, f"empty {name}")
-                try:
-                    int(row[position["timestamp"]])
-                except ValueError:
-                    return line_error(path, reader.line_num, text, "timestamp is not an integer (Unix seconds)")
+        rows = _rows(path)
+        _, header = next(rows)
+        position = {name: header.index(name) for name in INTERACTION_COLUMNS}
+        for number, row in rows:
+            text = ",".join(row)
+            if len(row) != len(header):
+                return line_error(path, number, text, f"expected {len(header)} fields ({','.join(header)}), "
+                                  f"got {len(row)}")
+            for name in ("item_id", "user_id"):
+                if not row[position[name]].strip():
+                    return line_error(path, number, text, f"empty {name}")
+            if parse_integer(row[position["timestamp"]]) is None:
+                return line_error(path, number, text, "timestamp is not an integer of at most 64 bits (Unix seconds)")
         return RawDataError(f"{path}: could not be parsed ({error}), though every row has item_id, user_id and "
                             f"an integer timestamp")
 
     def _read_items(self, path: Path, wanted: set[str]) -> dict[str, ItemRecord]:
         """Title, tag and description of the wanted items; a conflicting duplicate item row is refused."""
-        _require_header(path, ("item_id",))
+        header = _require_header(path, ("item_id",))
         records: dict[str, ItemRecord] = {}
-        first_line: dict[str, tuple[int, tuple[str, ...]]] = {}
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            for row in reader:
-                item_id = (row.get("item_id") or "").strip()
-                if None in row or None in row.values():
-                    raise line_error(path, reader.line_num, ",".join(str(v) for v in row.values()),
-                                     f"expected {len(reader.fieldnames)} fields ({','.join(reader.fieldnames)})")
-                if item_id not in wanted:
-                    continue
-                # Whitespace collapsed: a line break inside a field would break the prompt's one-line-per-field form.
-                content = tuple(" ".join((row.get(name) or "").split()) for name in ("title", "tag", "description"))
-                if item_id in first_line:
-                    line, first_content = first_line[item_id]
-                    if first_content == content:
-                        continue
-                    raise line_error(path, reader.line_num, ",".join(row.values()),
-                                     f"duplicate item_id {item_id!r}, first listed at line {line} with different "
-                                     f"content; keep one of the two rows")
-                first_line[item_id] = (reader.line_num, content)
-                title, tag, description = content
-                records[item_id] = ItemRecord(title=title, description=description,
-                                              attributes={"tag": tag} if tag else {})
+        first_seen = FirstSeen(path, "item_id")
+        rows = _rows(path)
+        next(rows)
+        for number, fields in rows:
+            text = ",".join(fields)
+            if len(fields) != len(header):
+                raise line_error(path, number, text, f"expected {len(header)} fields ({','.join(header)})")
+            row = dict(zip(header, fields))
+            item_id = row["item_id"].strip()
+            if item_id not in wanted:
+                continue
+            # Whitespace collapsed: a line break inside a field would break the prompt's one-line-per-field form.
+            content = tuple(" ".join(row.get(name, "").split()) for name in ("title", "tag", "description"))
+            if first_seen.repeats(item_id, number, text, content):
+                continue
+            title, tag, description = content
+            records[item_id] = ItemRecord(title=title, description=description, attributes={"tag": tag} if tag else {})
         return records

@@ -228,8 +228,8 @@ def top_k_items(
 ) -> tuple[Tensor, Tensor]:
     """The ``k`` best-scoring items per user, merging per-chunk ``torch.topk`` results.
 
-    Item 0 and every item of ``history`` are left out. A user with fewer than ``k`` items left gets the
-    remaining slots filled with score ``-inf`` and item id 0.
+    Item 0, every item of ``history`` and items scoring NaN or ``+inf`` are left out. A user with fewer than
+    ``k`` items left gets the remaining slots filled with score ``-inf`` and item id 0.
 
     Args:
         user_emb: ``[B, D]`` user embeddings.
@@ -251,6 +251,9 @@ def top_k_items(
         if history is not None:
             _drop_items(scores, history, start)
         chunk_scores, chunk_columns = scores.topk(min(k, end - start), dim=1)
+        if (chunk_scores[:, 0].isnan() | (chunk_scores[:, 0] == math.inf)).any():  # they sort first
+            scores.nan_to_num_(nan=-math.inf, posinf=-math.inf)
+            chunk_scores, chunk_columns = scores.topk(min(k, end - start), dim=1)
         chunk_ids = chunk_columns + start
         if best_scores is not None:
             chunk_scores = torch.cat([best_scores, chunk_scores], dim=1)

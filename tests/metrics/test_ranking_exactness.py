@@ -155,3 +155,11 @@ def test_depth_must_be_positive() -> None:
     with pytest.raises(ValueError, match="depth must be"):
         ranking.target_rank_counts(torch.ones(1, 1), torch.ones(3, 1), torch.tensor([1]), exclude_history=False,
                                    depth=0)
+
+
+def test_recommendations_leave_out_items_scoring_nan_or_inf() -> None:
+    user_emb, item_emb = torch.ones(2, 1), torch.tensor([[0.0], [1.0], [math.nan], [3.0], [math.inf], [2.0]])
+    user_emb[1] = math.nan  # a diverged user: nothing is recommendable
+    scores, item_ids = ranking.top_k_items(user_emb, item_emb, k=4, item_chunk_size=2)
+    assert item_ids.tolist() == [[3, 5, 1, 0], [0, 0, 0, 0]]
+    assert scores[0, :3].tolist() == [3.0, 2.0, 1.0] and (scores[:, 3] == -math.inf).all()

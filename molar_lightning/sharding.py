@@ -99,6 +99,35 @@ def average_gradients(parameters: Sequence[nn.Parameter], mesh: DeviceMesh) -> N
             parameter.grad = (piece / count).view_as(parameter).to(parameter.dtype)
 
 
+def clip_gradient_norm(parameters: Sequence[nn.Parameter], max_norm: float, mesh: DeviceMesh) -> float:
+    """Scale the gradients of ``parameters`` so that their joint 2-norm is at most ``max_norm``, as
+    ``torch.nn.utils.clip_grad_norm_`` does in one process (which refuses sharded and whole gradients together).
+
+    A sharded gradient's squares are summed over ``mesh``'s processes; a whole one is already averaged, equal on
+    every process (:func:`average_gradients`), and counts once. Returns the norm before clipping."""
+    grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
+    if not grads:
+        return 0.0
+    squares = torch.zeros(2, dtype=torch.float64, device=grads[0].device)  # [sharded, whole]
+    for grad in grads:
+        sharded = isinstance(grad, DTensor)
+        squares[0 if sharded else 1] += (grad.to_local() if sharded else grad).double().pow(2).sum()
+    dist.all_reduce(squares[:1], group=mesh.get_group())
+    norm = squares.sum().sqrt().item()
+    factor = max_norm / (norm + 1e-6)
+    if factor < 1:
+        for grad in grads:
+            grad.mul_(factor)
+    return norm
+
+
+def clip_gradient_values(parameters: Sequence[nn.Parameter], max_value: float) -> None:
+    """Clamp every gradient of ``parameters`` to ``[-max_value, max_value]``, sharded or whole."""
+    for parameter in parameters:
+        if parameter.grad is not None:
+            parameter.grad.clamp_(-max_value, max_value)
+
+
 def full_state_dict(part: nn.Module) -> dict[str, torch.Tensor]:
     """``part``'s whole weights gathered from every shard, on the CPU of process 0 (empty elsewhere); every
     process must call it."""

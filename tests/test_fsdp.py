@@ -7,6 +7,7 @@ through ``molar fit`` on 2 CPU processes (``configs/trainer/fsdp_cpu.yaml``).
 * A run resumed from its shard-wise checkpoint folder ends where the uninterrupted run ends.
 * The end-to-end catalog table and the ranking figures of 2 sharded processes equal those of 1 process.
 * The MIRM exported from a sharded stage-1 run equals the one exported from DDP.
+* Gradients are clipped by norm, as the shipped Molar configs do, over sharded and whole parts together.
 * Under ``bf16-mixed`` the language models' blocks are sharded units and a cached item table stays fp32.
 """
 
@@ -36,6 +37,7 @@ def molar_experiment(work: Path, tiny: Path, epochs: int = 2) -> Path:
     experiment = {
         "seed_everything": 0,
         "trainer": {"max_epochs": epochs, "log_every_n_steps": 1, "enable_progress_bar": False,
+                    "gradient_clip_val": 1.0,  # as the shipped Molar configs: a joint norm of sharded and whole parts
                     "enable_model_summary": False, "default_root_dir": str(work / "run"),
                     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                "init_args": {"save_dir": str(work / "run")}},

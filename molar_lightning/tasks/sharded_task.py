@@ -2,7 +2,7 @@
 
 ``configure_model`` shards the parts a task names in :meth:`ShardableTask.sharded_parts` (its language
 models) with :func:`molar_lightning.sharding.shard`, and after each backward the gradients of everything left
-whole are averaged over the processes. Under any other strategy nothing changes. Under sharding, checkpoints
+whole are averaged over the processes, and gradients are clipped by their joint norm across the shards. Under any other strategy nothing changes. Under sharding, checkpoints
 are folders with one shard per process, holding every weight: the trimmed checkpoints the tasks write
 otherwise (trainable weights only) cannot be loaded shard-wise.
 """
@@ -14,8 +14,9 @@ import lightning.pytorch as pl
 from torch.distributed.fsdp import FSDPModule
 
 from molar_lightning.models.mirm import MultimodalItemEncoder
-from molar_lightning.sharding import (average_gradients, data_parallel_mesh, fill_missing_gradients, full_state_dict,
-                                      mixed_precision, replicated_parameters, shard)
+from molar_lightning.sharding import (average_gradients, clip_gradient_norm, clip_gradient_values, data_parallel_mesh,
+                                      fill_missing_gradients, full_state_dict, mixed_precision, replicated_parameters,
+                                      shard)
 
 
 class ShardableTask(pl.LightningModule):
@@ -47,6 +48,17 @@ class ShardableTask(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.is_sharded:
             fill_missing_gradients(self)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """``trainer.gradient_clip_val`` as configured; under sharding by :mod:`molar_lightning.sharding`'s
+        clipping, since Lightning's (``torch.nn.utils``') refuses sharded and whole gradients in one call."""
+        if not self.is_sharded or not gradient_clip_val:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+        if gradient_clip_algorithm == "value":
+            clip_gradient_values(parameters, gradient_clip_val)
+        else:
+            clip_gradient_norm(parameters, gradient_clip_val, data_parallel_mesh(self.device_mesh))
 
     def export_item_encoder(self, encoder: MultimodalItemEncoder, export_dir: Optional[str]) -> str:
         """Write ``encoder`` with ``save_pretrained`` to ``export_dir`` (null: ``<run dir>/mirm_encoder``), in

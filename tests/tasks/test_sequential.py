@@ -107,6 +107,7 @@ def test_load_from_checkpoint_rebuilds_the_trained_model(config: str, synthetic_
 def test_plain_python_checkpoints_load_with_weights_only(ml1m_dir: Path, tmp_path: Path) -> None:
     data = MovieLensDataModule(str(ml1m_dir), cache_dir=str(tmp_path / "cache"))
     model = SequentialRecModule(SASRec(data.num_items, max_seq_len=8), optimizer=torch.optim.Adam)
+    assert dict(model.hparams_initial) == {"loss": None, "lr_scheduler": None}  # nor a copy of the objects there
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=str(tmp_path),
                          callbacks=[RankingEvaluationCallback()])
     trainer.fit(model, datamodule=data)

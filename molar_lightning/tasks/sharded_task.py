@@ -1,10 +1,11 @@
 """``ShardableTask``: what every task does under ``ModelParallelStrategy`` (FSDP2, ``configs/trainer/fsdp.yaml``).
 
 ``configure_model`` shards the parts a task names in :meth:`ShardableTask.sharded_parts` (its language
-models) with :func:`molar_lightning.sharding.shard`, and after each backward the gradients of everything left
-whole are averaged over the processes, and gradients are clipped by their joint norm across the shards. Under any other strategy nothing changes. Under sharding, checkpoints
-are folders with one shard per process, holding every weight: the trimmed checkpoints the tasks write
-otherwise (trainable weights only) cannot be loaded shard-wise.
+models) with :func:`molar_lightning.sharding.shard`; after each backward the gradients of everything left
+whole are averaged over the processes, and clipping takes the joint norm of sharded and whole gradients.
+Under any other strategy nothing changes. Under sharding, checkpoints are folders with one shard per
+process, holding every weight: the trimmed checkpoints the tasks write otherwise (trainable weights only)
+cannot be loaded shard-wise.
 """
 
 import os

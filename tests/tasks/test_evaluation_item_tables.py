@@ -1,7 +1,7 @@
 """The item side of evaluation is built once per validation, test and predict epoch, not once per batch, and
 never outlives its epoch: the ID model's table (FPMC concatenates two), Molar's adapter, normalisation and
-fused concatenation are counted through real Trainer runs, and the metrics logged during fit equal a fresh
-validation of the trained weights (no stale table)."""
+fused concatenation, and the end-to-end MIRM's catalogue are counted through real Trainer runs, and the
+metrics logged during fit equal a fresh validation of the trained weights (no stale table)."""
 
 from pathlib import Path
 
@@ -12,12 +12,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 from molar_lightning.callbacks.evaluation import RankingEvaluationCallback
+from molar_lightning.callbacks.item_inputs import ItemInputsCallback
 from molar_lightning.data.datamodule import MovieLensDataModule
 from molar_lightning.data.synthetic import write_movielens
 from molar_lightning.models.dueg import SASRecUserEncoder
 from molar_lightning.models.id.fpmc import FPMC
+from molar_lightning.models.mirm import MultimodalItemEncoder
 from molar_lightning.tasks.molar import MolarModule
 from molar_lightning.tasks.sequential import SequentialRecModule
+from tests.models.conftest import qwen_tokenizer_dir, tiny_qwen2_dir  # noqa: F401 - fixtures
 
 WIDTH = 16
 
@@ -51,10 +54,10 @@ class CountingAdapter(nn.Linear):
         return super().forward(items)
 
 
-def trainer(epochs: int = 1) -> pl.Trainer:
+def trainer(epochs: int = 1, *callbacks: pl.Callback, **options) -> pl.Trainer:
     return pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_progress_bar=False,
                       enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
-                      callbacks=[RankingEvaluationCallback(ks=(5, 10))])
+                      callbacks=[RankingEvaluationCallback(ks=(5, 10)), *callbacks], **options)
 
 
 def test_an_id_model_table_is_built_once_per_evaluation_epoch(datamodule, tmp_path: Path) -> None:
@@ -99,3 +102,31 @@ def test_molar_adapts_normalises_and_fuses_the_catalogue_once_per_evaluation_epo
     assert logged["val/ndcg@10"] == pytest.approx(history.validation_history[-1]["ndcg@10"], abs=1e-12)
     assert history.validation_history[0]["ndcg@10"] != history.validation_history[-1]["ndcg@10"]
     assert (adapter.evaluation_passes, encoder.evaluation_tables) == (3, 3)
+
+
+class CountingMIRM(MultimodalItemEncoder):
+    """The MIRM counting its forwards without gradients (the catalogue at evaluation)."""
+
+    evaluation_forwards = 0
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        self.evaluation_forwards += not torch.is_grad_enabled()
+        return super().forward(*inputs)
+
+
+def test_the_end_to_end_catalogue_is_embedded_once_per_evaluation_epoch(ml1m_dir: Path, tiny_qwen2_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    data = MovieLensDataModule(str(ml1m_dir), cache_dir=str(tmp_path / "cache"), max_seq_len=6, batch_size=4,
+                               eval_batch_size=2)
+    torch.manual_seed(0)
+    mirm = CountingMIRM(str(tiny_qwen2_dir), modality="text", pooling="mean", finetuning="lora")
+    module = MolarModule(SASRecUserEncoder(mirm.hidden_size, max_seq_len=6, hidden_size=8, inner_size=16),
+                         item_encoder=mirm, encoder=None, align_weight=0, negatives_per_step=3, item_batch_size=4,
+                         top_k=3)
+    fit = trainer(2, ItemInputsCallback(), limit_train_batches=1)
+    fit.fit(module, datamodule=data)
+    per_epoch = -(-data.num_items // 4)  # the catalogue in item batches of 4
+    assert fit.num_val_batches[0] > 1, "the case needs several evaluation batches per epoch"
+    assert mirm.evaluation_forwards == 2 * per_epoch
+    fit.test(module, datamodule=data)
+    assert mirm.evaluation_forwards == 3 * per_epoch

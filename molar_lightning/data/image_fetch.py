@@ -168,8 +168,8 @@ def fetch_amazon_images(
         meta_file: metadata file inside data_dir when not the release's default name.
         image_dir: where images go, relative to data_dir unless absolute; the DataModule reads the same folder.
         retries: further attempts per URL after a transient failure.
-        timeout: seconds one download may take in all (connecting, waiting, receiving) before the attempt
-            counts as failed.
+        timeout: seconds one download may take before the attempt counts as failed (checked between the
+            chunks of its body; connecting and each header line also wait at most this long).
         max_bytes: largest image accepted, in bytes; a larger body is refused while it streams. Preparation
             refuses files over the image check's cap (50 MiB) whatever this says.
         workers: downloads in flight at once.

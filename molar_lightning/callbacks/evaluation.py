@@ -5,7 +5,8 @@ The contract with the tasks: ``validation_step`` and ``test_step`` receive an
 callback ranks every user against all items with :class:`~molar_lightning.metrics.ranking.RankingMetrics`,
 logs ``val/<metric>@K`` and ``test/<metric>@K``, and writes into the run directory (the logger's
 ``log_dir``, else the trainer's ``default_root_dir``) ``validation_history.json`` after every validation
-epoch and ``<results_name>.json`` plus ``<results_name>.md`` after test.
+epoch (under ``molar validate``, one entry: the checkpoint, its epoch and step, and the metrics) and
+``<results_name>.json`` plus ``<results_name>.md`` after test.
 """
 
 import contextlib
@@ -16,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import lightning.pytorch as pl
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
 from molar_lightning.batch import PADDING_USER, EvalBatch
@@ -51,6 +53,7 @@ class RankingEvaluationCallback(pl.Callback):
         self.test_metrics = RankingMetrics(ks, exclude_history, item_chunk_size)
         self.results_name = results_name
         self.validation_history: list[dict[str, float]] = []
+        self.loaded_position: Optional[dict[str, Any]] = None  # epoch and step of the checkpoint loaded, if any
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # The strategy moves the LightningModule only after this hook, so pl_module.device can still be the
@@ -91,6 +94,12 @@ class RankingEvaluationCallback(pl.Callback):
         values = _compute_and_log(self.val_metrics, pl_module, "val")
         if values is None:
             return
+        if trainer.state.fn == TrainerFn.VALIDATING:  # molar validate: one entry, for the weights it evaluated
+            entry = self.loaded_position or {"epoch": trainer.current_epoch, "step": trainer.global_step}
+            if trainer.ckpt_path:
+                entry = {"checkpoint": trainer.ckpt_path, **entry}
+            _write_in_run_dir(trainer, "validation_history.json", json.dumps([{**entry, **values}], indent=2))
+            return
         self.validation_history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **values})
         _write_in_run_dir(trainer, "validation_history.json", json.dumps(self.validation_history, indent=2))
 
@@ -100,6 +109,9 @@ class RankingEvaluationCallback(pl.Callback):
             return
         _write_in_run_dir(trainer, f"{self.results_name}.json", json.dumps(values, indent=2))
         _write_in_run_dir(trainer, f"{self.results_name}.md", _markdown_table(values, self.test_metrics.ks))
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.loaded_position = {"epoch": checkpoint.get("epoch"), "step": checkpoint.get("global_step")}
 
     def state_dict(self) -> dict[str, Any]:
         return {"validation_history": list(self.validation_history)}

@@ -25,6 +25,10 @@ class MissingInputError(UserError, FileNotFoundError):
     """A file or folder the user named (or a config implies) is not there."""
 
 
+class SettingError(UserError, ValueError):
+    """A setting's value cannot work (with this data); the message names the setting and the values it takes."""
+
+
 def debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
     """Whether ``argv`` or the environment ask for tracebacks, and ``argv`` without ``--debug``."""
     rest = [arg for arg in argv if arg != DEBUG_FLAG]

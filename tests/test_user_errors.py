@@ -75,3 +75,11 @@ def test_an_internal_error_keeps_its_traceback(monkeypatch) -> None:
     monkeypatch.setitem(commands.OTHER_COMMANDS, "prepare", ("", broken))
     with pytest.raises(KeyError, match="a bug"):
         main(["prepare"])
+
+
+def test_a_setting_that_cannot_work_is_one_message(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prepare", "--data", "PixelRecDataModule", "--data.data_dir", str(ROOT / "tests/fixtures/pixelrec"),
+              "--data.cache_dir", str(tmp_path), "--data.rating_threshold", "4"])
+    assert exit_info.value.code == 2
+    assert "\nerror: rating_threshold is 4.0 but this source has no ratings; set it to null\n" in capsys.readouterr().err

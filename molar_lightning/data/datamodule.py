@@ -31,6 +31,7 @@ from molar_lightning.data.sequence_datasets import LeaveOneOutDataset, TrainWind
 from molar_lightning.data.sources.amazon import Amazon
 from molar_lightning.data.sources.movielens import MovieLens
 from molar_lightning.data.sources.pixelrec import PixelRec
+from molar_lightning.user_error import SettingError
 
 
 @dataclass(kw_only=True, eq=False)
@@ -69,7 +70,7 @@ class SequentialDataModule(pl.LightningDataModule):
     def __post_init__(self) -> None:
         super().__init__()
         if self.max_seq_len < 1:
-            raise ValueError(f"max_seq_len must be at least 1, got {self.max_seq_len}")
+            raise SettingError(f"max_seq_len must be at least 1, got {self.max_seq_len}")
         self.params = PrepareParams(self.rating_threshold, self.min_user_interactions, self.min_item_interactions,
                                     self.image_policy)
         # What turns training windows into a TrainBatch; end-to-end Molar swaps in one that also builds the item

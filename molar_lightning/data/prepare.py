@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from molar_lightning.data.image_check import MISSING, image_problem
 from molar_lightning.data.raw import InteractionSource, RawDataError, RawInteractions
-from molar_lightning.user_error import MissingInputError
+from molar_lightning.user_error import MissingInputError, SettingError
 
 FORMAT_VERSION = 1
 MIN_LEAVE_ONE_OUT_LENGTH = 3  # one training item, one validation item, one test item
@@ -61,7 +61,7 @@ class PrepareParams:
 
     def __post_init__(self) -> None:
         if self.image_policy not in IMAGE_POLICIES:
-            raise ValueError(f"image_policy={self.image_policy!r} is not one of {', '.join(IMAGE_POLICIES)}")
+            raise SettingError(f"image_policy={self.image_policy!r} is not one of {', '.join(IMAGE_POLICIES)}")
 
 
 def k_core_mask(user_codes: np.ndarray, item_codes: np.ndarray, min_user: int, min_item: int) -> np.ndarray:
@@ -160,7 +160,8 @@ def build_canonical_tables(raw: RawInteractions, params: PrepareParams) -> tuple
     counts = {"raw_interactions": int(len(keep))}
     if params.rating_threshold is not None:
         if raw.ratings is None:
-            raise ValueError("rating_threshold is set but this source has no ratings; set it to null")
+            raise SettingError(f"rating_threshold is {params.rating_threshold} but this source has no ratings; "
+                               f"set it to null")
         keep &= raw.ratings >= params.rating_threshold
         counts["after_rating_threshold"] = int(keep.sum())
     user_codes, item_codes = raw.user_codes[keep], raw.item_codes[keep]

@@ -49,7 +49,7 @@ from molar_lightning.data.raw import (
     line_error,
     unreadable,
 )
-from molar_lightning.user_error import MissingInputError
+from molar_lightning.user_error import MissingInputError, SettingError
 
 BLOCK_BYTES = 32 << 20  # pyarrow.json block: a line longer than this cannot be parsed
 
@@ -191,7 +191,7 @@ class Amazon(InteractionSource):
                  meta_file: Optional[str] = None, image_dir: Optional[str] = "images",
                  show_progress: bool = True) -> None:
         if int(release) not in RELEASES:
-            raise ValueError(f"unknown Amazon Reviews release {release!r}; choose one of {sorted(RELEASES)}")
+            raise SettingError(f"unknown Amazon Reviews release {release!r}; choose one of {sorted(RELEASES)}")
         self.data_dir = Path(data_dir)
         self.category = category
         self.layout = RELEASES[int(release)]

@@ -119,7 +119,8 @@ def test_unknown_key_in_a_config_file_is_refused_with_the_valid_keys(tmp_path: P
 def test_molar_help_lists_every_command(capsys) -> None:
     main(["--help"])
     listed = [line.split("  ")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
-    assert listed == ["fit", "validate", "test", "predict", "prepare", "data fetch-images", "embed", "quickstart"]
+    assert listed == ["fit", "validate", "test", "predict", "prepare", "data fetch-images", "embed", "quickstart",
+                      "export", "recommend", "serve"]
 
 
 DOCUMENTED_HELP = [shlex.split(line.split("#")[0])[1:] for line in (ROOT / "docs/cli.md").read_text().splitlines()

@@ -53,14 +53,18 @@ def _history_mask(history: Tensor, start: int, end: int) -> Tensor:
     return mask[:, :width]
 
 
-def _drop_items(scores: Tensor, item_ids: Tensor, start: int) -> None:
-    """Set to ``-inf``, in place, the scores of ``item_ids [B, H]`` (0: none) that fall inside the chunk.
+def _entries_by_chunk(item_ids: Tensor, num_items: int, item_chunk_size: int) -> list[tuple[Tensor, Tensor]]:
+    """For each item chunk, ``(rows, columns)`` of the entries of ``item_ids [B, H]`` (0: none) inside it.
 
-    It writes ``O(B * H)`` entries, where a ``[B, chunk]`` mask would cost a pass over the whole chunk.
+    One sort of the entries finds them all, where a scan of ``item_ids`` per chunk would cost ``O(B * H)``
+    each time; setting them to ``-inf`` then writes only those entries, not a ``[B, chunk]`` mask.
     """
-    in_chunk = (item_ids >= start) & (item_ids < start + scores.shape[1])
-    rows, columns = in_chunk.nonzero(as_tuple=True)
-    scores[rows, item_ids[rows, columns] - start] = -math.inf
+    rows, columns = (item_ids > 0).nonzero(as_tuple=True)
+    ids, order = item_ids[rows, columns].sort()
+    rows = rows[order]
+    starts = list(range(1, num_items + 1, item_chunk_size))
+    edges = torch.searchsorted(ids, torch.tensor([*starts, num_items + 1], device=ids.device)).tolist()
+    return [(rows[low:high], ids[low:high] - start) for start, low, high in zip(starts, edges, edges[1:])]
 
 
 def _check_item_chunk_size(item_chunk_size: int) -> None:
@@ -130,13 +134,14 @@ def target_rank_counts(
     dropped = torch.cat([target[:, None], history], dim=1) if exclude_history else target[:, None]
     target_score = user_emb.new_zeros(target.shape, dtype=torch.promote_types(user_emb.dtype, item_emb.dtype))
     best = None  # [B, <= depth] the best candidate scores so far, descending
-    for start, end in _item_chunks(num_items, item_chunk_size):
+    chunks = zip(_item_chunks(num_items, item_chunk_size), _entries_by_chunk(dropped, num_items, item_chunk_size))
+    for (start, end), entries in chunks:
         scores = _chunk_scores(user_emb, item_emb, start, end)
         in_chunk = (target >= start) & (target < end)
         column = (target - start).clamp(0, end - start - 1)
         target_score = torch.where(in_chunk, scores.gather(1, column[:, None]).squeeze(1), target_score)
         if depth is not None:
-            _drop_items(scores, dropped, start)
+            scores[entries] = -math.inf
             if best is not None:
                 scores = torch.cat([best, scores.topk(min(depth, end - start), dim=1).values], dim=1)
             best = scores.topk(min(depth, scores.shape[1]), dim=1).values
@@ -246,10 +251,12 @@ def top_k_items(
     if not 1 <= k <= num_items:
         raise ValueError(f"k must be in 1..{num_items} (the number of items), got {k}.")
     best_scores, best_ids = None, None
-    for start, end in _item_chunks(num_items, item_chunk_size):
+    if history is None:
+        history = torch.zeros(len(user_emb), 0, dtype=torch.long, device=user_emb.device)
+    chunks = zip(_item_chunks(num_items, item_chunk_size), _entries_by_chunk(history, num_items, item_chunk_size))
+    for (start, end), entries in chunks:
         scores = _chunk_scores(user_emb, item_emb, start, end)
-        if history is not None:
-            _drop_items(scores, history, start)
+        scores[entries] = -math.inf
         chunk_scores, chunk_columns = scores.topk(min(k, end - start), dim=1)
         if (chunk_scores[:, 0].isnan() | (chunk_scores[:, 0] == math.inf)).any():  # they sort first
             scores.nan_to_num_(nan=-math.inf, posinf=-math.inf)

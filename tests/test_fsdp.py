@@ -148,6 +148,26 @@ def test_sharded_stage_one_exports_the_mirm_that_ddp_exports(tiny_backbone: Path
     assert moved  # stage 1 trained, and the export holds the trained weights gathered from both shards
 
 
+@pytest.mark.slow  # a 2-process launch (~1 min); `make test-slow`
+def test_sharded_embedding_of_batches_that_do_not_split_evenly_equals_one_process(tiny_backbone: Path,
+                                                                                  tmp_path: Path) -> None:
+    """10 items in batches of 4: 3 batches for 2 processes (the second gets the first batch again, so that both
+    run 2 sharded forwards); the cache equals one process's."""
+    config = tiny_experiment(ROOT / "configs" / "movielens" / "mirm_align.yaml", tmp_path, tiny_backbone)
+    tables = {}
+    for name, strategy in (("one", []), ("fsdp", ["--config", str(FSDP_CPU)])):
+        args = ["embed", "--config", str(config), *strategy, "--trainer.precision=32-true",
+                "--trainer.limit_predict_batches=1.0", "--embed.batch_size=4", f"--embed.cache_root={tmp_path / name}"]
+        if strategy:
+            launch(args)
+        else:
+            main(args)
+        (table,) = (tmp_path / name).rglob("embeddings.safetensors")
+        tables[name] = load_file(str(table))["embeddings"]
+    assert tables["one"].shape[0] == 11  # the padding row and the fixture's 10 items
+    torch.testing.assert_close(tables["fsdp"], tables["one"], rtol=1e-4, atol=1e-5)
+
+
 class Checks(pl.Callback):
     """Records, at the first training step, which parts are FSDP units and the cached table's dtype."""
 

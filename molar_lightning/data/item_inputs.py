@@ -162,6 +162,10 @@ class LengthSortedBatches(Sampler[list[int]]):
     """Batches of indices of similar length, longest first; with ``shard``, each DDP process takes every
     world-th batch.
 
+    Sharded, every process gets the same number of batches: the last round is filled up with the first
+    batches again. A sharded model's forward is a collective, so a process with one batch fewer would leave
+    the others waiting for ever; the repeated items are embedded twice, to the same rows.
+
     Args:
         lengths: length of each index.
         batch_size: indices per batch.
@@ -175,7 +179,10 @@ class LengthSortedBatches(Sampler[list[int]]):
 
     def _mine(self) -> list[list[int]]:
         if self.shard and dist.is_available() and dist.is_initialized():
-            return self.batches[dist.get_rank()::dist.get_world_size()]
+            world = dist.get_world_size()
+            rounds = -(-len(self.batches) // world)
+            filled = [self.batches[index % len(self.batches)] for index in range(rounds * world)]
+            return filled[dist.get_rank()::world]
         return self.batches
 
     def __iter__(self):

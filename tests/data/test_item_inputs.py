@@ -54,6 +54,20 @@ def test_batches_are_sorted_longest_first() -> None:
     assert batches == [[1, 3], [4, 0], [2]]
 
 
+@pytest.mark.parametrize("world", [2, 4])
+def test_shards_of_batches_are_equal_in_number_and_cover_every_index(world: int, monkeypatch) -> None:
+    """3 batches over 2 or 4 processes: each gets 2 (or 1), the first batches again where they run out."""
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: world)
+    shares = []
+    for rank in range(world):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+        shares.append(list(LengthSortedBatches([3, 9, 1, 7, 5], batch_size=2)))
+    assert {len(share) for share in shares} == {-(-3 // world)}
+    assert {index for share in shares for batch in share for index in batch} == {0, 1, 2, 3, 4}
+    assert shares[0][0] == [1, 3]
+
+
 class WordBuilder:
     """Stands in for the encoder: one token per word of the text, and an image token when there is one; it
     records how many items each build call gets and how many it tokenizes, and refuses texts in ``refused``."""

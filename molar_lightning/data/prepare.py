@@ -137,16 +137,23 @@ def _image_error(raw: RawInteractions, problems: dict[int, str], checked: int) -
     )
 
 
+def _storable(text: str) -> str:
+    """``text`` as Arrow can store it: a lone surrogate (what a JSON ``"\\ud800"`` escape decodes to) becomes ``?``."""
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _items_table(raw: RawInteractions, item_raw_ids: np.ndarray, usable_image: np.ndarray) -> pa.Table:
     records = [raw.items.get(raw_id) for raw_id in item_raw_ids]
     attribute_type = pa.list_(pa.struct([("key", pa.string()), ("value", pa.string())]))
     return pa.table({
         "item_id": pa.array(np.arange(1, len(item_raw_ids) + 1), pa.int32()),
         "raw_id": pa.array([str(raw_id) for raw_id in item_raw_ids], pa.string()),
-        "title": pa.array([record.title if record else "" for record in records], pa.string()),
-        "description": pa.array([record.description if record else "" for record in records], pa.string()),
+        "title": pa.array([_storable(record.title) if record else "" for record in records], pa.string()),
+        "description": pa.array([_storable(record.description) if record else "" for record in records],
+                                pa.string()),
         "attributes": pa.array(
-            [[{"key": k, "value": v} for k, v in record.attributes.items()] if record else [] for record in records],
+            [[{"key": _storable(k), "value": _storable(v)} for k, v in record.attributes.items()] if record else []
+             for record in records],
             attribute_type,
         ),
         "image_path": pa.array([record.image_path if record and usable else None

@@ -97,6 +97,19 @@ def test_json_nested_100000_levels_is_refused_naming_the_line(where: str, amazon
         amazon(amazon_dir).read()
 
 
+def test_metadata_that_is_not_utf8_is_refused_and_a_surrogate_escape_is_stored(amazon_dir: Path, rewrite_gz,
+                                                                               tmp_path: Path) -> None:
+    meta = amazon_dir / "2023" / f"meta_{CATEGORY}.jsonl.gz"
+    edit_json_line(rewrite_gz, meta, 0, title='"Caf\\ud800 Shirt"')  # valid JSON for a lone surrogate
+    dataset = prepare_dataset(amazon(amazon_dir, image_dir=None), str(tmp_path / "cache"), PrepareParams())
+    assert dict(zip(dataset.items["raw_id"], dataset.items["title"]))["B000000001"] == "Caf? Shirt"
+    lines = gzip.decompress(meta.read_bytes()).split(b"\n")
+    lines[1] = lines[1].replace(b"Trail", b"Tr\xed\xa0\x80ail")  # the surrogate itself, encoded: not UTF-8
+    meta.write_bytes(gzip.compress(b"\n".join(lines)))
+    with pytest.raises(RawDataError, match=rf"{meta.name}:2: not UTF-8"):
+        amazon(amazon_dir).read()
+
+
 # ---- numbers: int64, Unicode digits, NaN and infinities ------------------------------------------------------
 
 

@@ -334,9 +334,13 @@ class Amazon(InteractionSource):
                 start += len(marker)
                 if line[start:line.find(quote.encode(), start)].decode("utf-8", "replace") not in wanted:
                     continue
-            text = line.decode("utf-8", "replace")
             try:
-                entry = ast.literal_eval(text) if layout.meta_is_python_literal else json.loads(line)
+                text = line.decode("utf-8")  # strict: json.loads(bytes) would let encoded surrogates through
+            except UnicodeDecodeError as bad:
+                raise line_error(path, number, line.decode("utf-8", "replace"), f"not UTF-8 ({bad.reason} at byte "
+                                 f"{bad.start}); re-encode the file as UTF-8") from None
+            try:
+                entry = ast.literal_eval(text) if layout.meta_is_python_literal else json.loads(text)
             except (ValueError, SyntaxError, MemoryError, RecursionError) as bad:
                 kind = "a Python literal (the 2014 metadata format)" if layout.meta_is_python_literal else "valid JSON"
                 raise line_error(path, number, text, f"not {kind} ({type(bad).__name__}: {bad})") from None

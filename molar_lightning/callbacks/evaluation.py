@@ -110,7 +110,9 @@ class RankingEvaluationCallback(pl.Callback):
         _write_in_run_dir(trainer, f"{self.results_name}.json", json.dumps(values, indent=2))
         _write_in_run_dir(trainer, f"{self.results_name}.md", _markdown_table(values, self.test_metrics.ks))
 
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         self.loaded_position = {"epoch": checkpoint.get("epoch"), "step": checkpoint.get("global_step")}
 
     def state_dict(self) -> dict[str, Any]:

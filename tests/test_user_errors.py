@@ -56,7 +56,8 @@ def test_prepare_names_the_valid_keys_of_a_misspelt_one(capsys) -> None:
         main(["prepare", "--config", str(ROOT / "configs/movielens/sasrec.yaml"), "--data.init_args.data_dri", "x"])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
-    assert "'data.init_args.data_dri' is not an argument of molar_lightning.data.datamodule.MovieLensDataModule" in error
+    assert ("'data.init_args.data_dri' is not an argument of molar_lightning.data.datamodule.MovieLensDataModule"
+            in error)
     assert "Valid keys here: data_dir, download" in error and "Did you mean 'data_dir'?" in error
 
 
@@ -82,4 +83,5 @@ def test_a_setting_that_cannot_work_is_one_message(tmp_path: Path, capsys) -> No
         main(["prepare", "--data", "PixelRecDataModule", "--data.data_dir", str(ROOT / "tests/fixtures/pixelrec"),
               "--data.cache_dir", str(tmp_path), "--data.rating_threshold", "4"])
     assert exit_info.value.code == 2
-    assert "\nerror: rating_threshold is 4.0 but this source has no ratings; set it to null\n" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "\nerror: rating_threshold is 4.0 but this source has no ratings; set it to null\n" in error

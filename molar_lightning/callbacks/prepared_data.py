@@ -18,7 +18,8 @@ CHECKPOINT_KEY = "prepared_data"
 class PreparedDataCallback(pl.Callback):
     """Writes ``{"dataset": <prepared folder name>, "num_items", "num_users"}`` into each checkpoint."""
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
         dataset = getattr(trainer.datamodule, "dataset", None)
         if dataset is not None and hasattr(dataset, "num_items"):
             checkpoint[CHECKPOINT_KEY] = {"dataset": dataset.path.name, "num_items": dataset.num_items,

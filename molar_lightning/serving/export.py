@@ -1,7 +1,7 @@
 """``molar export``: a trained model's item and user embeddings, with raw ids, out of the training loop.
 
-From a checkpoint (loaded as ``molar predict --ckpt_path`` loads it, :class:`~molar_lightning.serving.live_model.LiveModel`)
-it writes one folder:
+From a checkpoint, loaded as ``molar predict --ckpt_path`` loads it
+(:class:`~molar_lightning.serving.live_model.LiveModel`), it writes one folder:
 
 * ``items.safetensors``: ``embeddings [N + 1, D]``, the items as evaluation scores them (row 0 padding);
   cold-start items (``--items new_items.jsonl``) follow the catalogue's ``N`` rows;
@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 from molar_lightning.data.raw import line_error
 from molar_lightning.serving.cold_start import NewItemCatalog, read_new_items
 from molar_lightning.serving.live_model import LiveModel, ServingError
+from molar_lightning.serving.options import split_options, usage
 from molar_lightning.user_error import MissingInputError
 
 EXPORT_FORMAT = 1
@@ -150,39 +151,17 @@ def export(ckpt_path: str, out: str, config: Optional[str] = None, histories: Op
     return write_export(Path(out), table, item_ids, users, user_ids, seen, manifest)
 
 
-def split_arguments(args: Sequence[str]) -> tuple[dict[str, str], list[str]]:
-    """``molar export``'s own options (:data:`OPTIONS`) and the rest (overrides for the experiment)."""
-    own, rest, position = {}, [], 0
-    args = list(args)
-    while position < len(args):
-        name, has_value, value = args[position].partition("=")
-        if name in OPTIONS:
-            if not has_value:
-                if position + 1 >= len(args):
-                    raise ServingError(f"{name} needs a value")
-                value, position = args[position + 1], position + 1
-            own[name[2:]] = value
-        else:
-            rest.append(args[position])
-        position += 1
-    return own, rest
-
-
-def usage() -> str:
-    width = max(map(len, OPTIONS))
-    return "\n".join([f"usage: molar export --ckpt_path CKPT --out DIR [options] [--data...|--trainer... overrides]",
-                      "", DESCRIPTION, "", *(f"  {name:<{width}}  {text}" for name, text in OPTIONS.items())])
-
-
 def main(args: list[str]) -> Optional[Path]:
     """``molar export``."""
+    synopsis = "molar export --ckpt_path CKPT --out DIR [options] [--data...|--trainer... overrides]"
     if "-h" in args or "--help" in args:
-        print(usage())
+        print(usage(synopsis, DESCRIPTION, OPTIONS))
         return None
-    own, overrides = split_arguments(args)
+    own, overrides = split_options(args, OPTIONS)
     missing = [name for name in ("ckpt_path", "out") if name not in own]
     if missing:
-        raise ServingError(f"molar export needs {' and '.join('--' + name for name in missing)}\n{usage()}")
+        raise ServingError(f"molar export needs {' and '.join('--' + name for name in missing)}\n"
+                           f"{usage(synopsis, DESCRIPTION, OPTIONS)}")
     folder = export(own["ckpt_path"], own["out"], own.get("config"), own.get("histories"), own.get("items"),
                     overrides)
     manifest = json.loads((folder / MANIFEST).read_text())

@@ -77,8 +77,8 @@ class LiveModel:
     def __init__(self, checkpoint: str, config: Optional[str] = None, overrides: Sequence[str] = ()) -> None:
         self.checkpoint = Path(checkpoint)
         if not self.checkpoint.is_file():
-            raise MissingInputError(f"checkpoint {checkpoint} does not exist; pass a best-*.ckpt or last.ckpt written by "
-                               f"molar fit (runs/<experiment>/lightning_logs/version_<n>/checkpoints/)")
+            raise MissingInputError(f"checkpoint {checkpoint} does not exist; pass a best-*.ckpt or last.ckpt written "
+                                    f"by molar fit (runs/<experiment>/lightning_logs/version_<n>/checkpoints/)")
         self.config_path = Path(config) if config else run_config(self.checkpoint)
         args = ["--config", str(self.config_path), *overrides]
         settings = given_config(args)
@@ -94,7 +94,6 @@ class LiveModel:
                              "--ckpt_path", str(self.checkpoint)])
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        self.config = settings
         self.trainer, self.datamodule = cli.trainer, cli.datamodule
         self.device = cli.trainer.strategy.root_device
         self.task: RankingTask = cli.model.to(self.device).eval()
@@ -108,13 +107,10 @@ class LiveModel:
             inputs = self.task._rank_inputs(batch)
         return {name: value.float().cpu() for name, value in inputs.items()}
 
-    def encode_histories(self, histories: Sequence[np.ndarray], user_ids: Optional[Sequence[int]] = None
-                         ) -> torch.Tensor:
-        """User embeddings ``[B, D]`` of item-id histories (oldest first); ``user_ids`` are data-set users' rows
-        for the models that read them (FPMC), unknown users otherwise."""
-        user_ids = user_ids if user_ids is not None else [PADDING_USER] * len(histories)
-        batch = collate_eval([(np.asarray(history[-self.max_seq_len:], dtype=np.int64), 0, user,
-                               np.asarray(history, dtype=np.int64)) for history, user in zip(histories, user_ids)])
+    def encode_histories(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        """User embeddings ``[B, D]`` of item-id histories (oldest first) of users the model does not know."""
+        batch = collate_eval([(np.asarray(history[-self.max_seq_len:], dtype=np.int64), 0, PADDING_USER,
+                               np.asarray(history, dtype=np.int64)) for history in histories])
         try:
             return self.rank_inputs(batch)["user_emb"]
         except IndexError as error:
@@ -140,8 +136,8 @@ class LiveModel:
                                f"only be embedded by a MolarModule trained end to end (item_encoder set)")
         if task.scoring != "content":
             raise ServingError(f"this MolarModule scores items with scoring: {task.scoring}, which needs each item's "
-                               f"ID-model embedding; new items have none. Export with scoring content "
-                               f"(--model.init_args.scoring=content) to rank them")
+                               f"ID-model embedding, and new items have none; only a model trained with scoring: "
+                               f"content ranks them")
         rows = None
         for batch in item_loader(catalog, encoder.prompts, batch_size=batch_size, shard=False):
             batch = task.transfer_batch_to_device(batch, self.device, 0)

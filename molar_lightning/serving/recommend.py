@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from molar_lightning.serving.export import EXPORT_FORMAT, MANIFEST
 from molar_lightning.serving.live_model import LiveModel, ServingError
+from molar_lightning.serving.options import flag, parse_options, usage
 from molar_lightning.serving.search import IndexKind, build_search
 
 MAX_K = 1000
@@ -146,34 +147,6 @@ OPTIONS = {
 }
 
 
-def parse_flags(args: list[str], options: dict[str, str]) -> dict[str, str]:
-    """``--name value`` / ``--name=value`` pairs of ``options``; anything else is refused with the list."""
-    found, position = {}, 0
-    while position < len(args):
-        name, has_value, value = args[position].partition("=")
-        if name not in options:
-            raise ServingError(f"unknown option {args[position]!r}; the options are {', '.join(options)}")
-        if not has_value:
-            if position + 1 >= len(args):
-                raise ServingError(f"{name} needs a value")
-            value, position = args[position + 1], position + 1
-        found[name[2:]] = value
-        position += 1
-    return found
-
-
-def usage(prog: str, description: str, options: dict[str, str]) -> str:
-    width = max(map(len, options))
-    return "\n".join([f"usage: {prog} [options]", "", description, "",
-                      *(f"  {name:<{width}}  {text}" for name, text in options.items())])
-
-
-def flag(value: str, name: str) -> bool:
-    if value.lower() not in ("true", "false"):
-        raise ServingError(f"--{name} takes true or false, got {value!r}")
-    return value.lower() == "true"
-
-
 def requests_of(options: dict[str, str]) -> list[Any]:
     """The requests that ``molar recommend``'s options describe."""
     common = {"k": int(options["k"])} if "k" in options else {}
@@ -198,11 +171,12 @@ DESCRIPTION = "top-k items in raw ids for a user or an ad-hoc history, from an e
 def main(args: list[str]) -> None:
     """``molar recommend``: prints one JSON answer per request (an ``{"error": ...}`` line for a bad one)."""
     if "-h" in args or "--help" in args:
-        print(usage("molar recommend", DESCRIPTION, OPTIONS))
+        print(usage("molar recommend [options]", DESCRIPTION, OPTIONS))
         return
-    options = parse_flags(args, OPTIONS)
+    options = parse_options(args, OPTIONS)
     if "export" not in options:
-        raise ServingError(f"molar recommend needs --export\n{usage('molar recommend', DESCRIPTION, OPTIONS)}")
+        raise ServingError(f"molar recommend needs --export\n"
+                           f"{usage('molar recommend [options]', DESCRIPTION, OPTIONS)}")
     try:
         requests = requests_of(options)
     except json.JSONDecodeError as error:

@@ -16,8 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 from urllib.parse import parse_qs, urlparse
 
-from molar_lightning.serving.live_model import ServingError
-from molar_lightning.serving.recommend import Recommender, RequestError, flag, parse_flags, usage
+from molar_lightning.serving.options import flag, parse_options, usage
+from molar_lightning.serving.recommend import Recommender, RequestError
+from molar_lightning.user_error import UserError
 
 MAX_BODY_BYTES = 1 << 20
 QUERY_FIELDS = {"user": str, "history": lambda text: [item for item in text.split(",") if item],
@@ -32,7 +33,7 @@ def query_request(query: str) -> dict[str, Any]:
             raise RequestError(f"unknown query parameter {name!r}; the parameters are {', '.join(QUERY_FIELDS)}")
         try:
             request[name] = QUERY_FIELDS[name](values[-1])
-        except (ValueError, ServingError) as error:
+        except (ValueError, UserError) as error:
             raise RequestError(f"query parameter {name}={values[-1]!r}: {error}") from None
     return request
 
@@ -127,11 +128,11 @@ DESCRIPTION = "an HTTP endpoint (127.0.0.1 by default) answering recommendation 
 def main(args: list[str]) -> Optional[ThreadingHTTPServer]:
     """``molar serve``: serves until interrupted."""
     if "-h" in args or "--help" in args:
-        print(usage("molar serve", DESCRIPTION, OPTIONS))
+        print(usage("molar serve [options]", DESCRIPTION, OPTIONS))
         return None
-    options = parse_flags(args, OPTIONS)
+    options = parse_options(args, OPTIONS)
     if "export" not in options:
-        raise ServingError(f"molar serve needs --export\n{usage('molar serve', DESCRIPTION, OPTIONS)}")
+        raise UserError(f"molar serve needs --export\n{usage('molar serve [options]', DESCRIPTION, OPTIONS)}")
     recommender = Recommender(options["export"], options.get("index", "exact"),
                               histories=flag(options.get("histories", "true"), "histories"))
     server = make_server(recommender, options.get("host", "127.0.0.1"), int(options.get("port", 8000)),

@@ -27,7 +27,8 @@ def sasrec_run(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("sasrec")
     data = Path(shutil.copytree(FIXTURES / "movielens" / "ml-1m", work / "ml-1m"))
     args = ["--config", str(ROOT / "configs" / "movielens" / "sasrec.yaml"), f"--data.init_args.data_dir={data}",
-            f"--data.init_args.cache_dir={work / 'cache'}", "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false"]
+            f"--data.init_args.cache_dir={work / 'cache'}", "--trainer.max_epochs=2",
+            "--trainer.enable_progress_bar=false"]
     return {"checkpoint": fit(args, work / "run"), "data": data, "work": work}
 
 

@@ -117,9 +117,10 @@ class EncodedItems(nn.Module):
             item_inputs(chunk.tolist()) for chunk in torch.tensor(item_ids).split(batch_size)))
 
     def encode(self, batch: ItemBatch) -> torch.Tensor:
-        """The MIRM forward over an item batch already on the device: ``[K, H]``."""
+        """The MIRM forward over an item batch already on the device: ``[K, H]`` in float32, as a cached table,
+        whatever the MIRM's own dtype (a bf16 MIRM beside a float32 DUEG and losses)."""
         return self.encoder(batch.input_ids, batch.attention_mask, batch.lengths, batch.mm_token_type_ids,
-                            batch.image_inputs)
+                            batch.image_inputs).float()
 
     def embed(self, item_ids: torch.Tensor, to_device: ToDevice) -> torch.Tensor:
         """MIRM embeddings ``[K, H]`` of ``item_ids [K]``, their inputs built in this process."""
@@ -160,7 +161,7 @@ class EncodedItems(nn.Module):
             for batch in self.catalog_batches(self.item_batch_size, tuple(mine)):
                 batch = to_device(batch)
                 ids.append(batch.item_ids)
-                rows.append(self.encode(batch).float())
+                rows.append(self.encode(batch))
         ids, rows = torch.cat(ids), torch.cat(rows)
         ids, rows = gather_across_ranks(ids), gather_across_ranks(rows)
         table = rows.new_zeros(self.num_items + 1, rows.shape[-1])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from molar_lightning.callbacks.item_inputs import ItemInputsCallback
+from molar_lightning.models.mirm import MultimodalItemEncoder
 from molar_lightning.tasks.molar import MolarModule
 from tests.models.conftest import qwen_tokenizer_dir, tiny_qwen2_dir  # noqa: F401 - fixtures
 from tests.tasks.test_molar import content_molar, fixture_data, lora_mirm, trainer  # noqa: F401 - fixtures
@@ -18,8 +19,10 @@ class ItemTokenGradient(pl.Callback):
         self.norm = float(pl_module.item_encoder.item_token_embedding.grad.norm())
 
 
-def test_the_item_token_gets_gradient_in_stage_two(fixture_data, tiny_qwen2_dir: Path) -> None:
-    mirm = lora_mirm(tiny_qwen2_dir, seed=0)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # a bf16 MIRM beside float32 DUEG and losses (32-true)
+def test_the_item_token_gets_gradient_in_stage_two(fixture_data, tiny_qwen2_dir: Path, dtype: str) -> None:
+    torch.manual_seed(0)
+    mirm = MultimodalItemEncoder(str(tiny_qwen2_dir), modality="text", finetuning="lora", dtype=dtype)
     module = content_molar(mirm.hidden_size, fixture_data.num_items, item_encoder=mirm, negatives_per_step=3)
     gradient = ItemTokenGradient()
     trainer(1, limit_train_batches=1, limit_val_batches=0,
@@ -48,8 +51,6 @@ def test_checkpoints_under_the_earlier_names_load_strictly(fixture_data, tiny_qw
 @pytest.mark.slow  # a training run and three catalog embeddings (~1 min); `make test-slow`
 def test_the_end_to_end_mirm_is_exported_for_serving(fixture_data, tiny_qwen2_dir: Path, tmp_path: Path) -> None:
     """What stage 2 fine-tuned loads back (``adapter_path``) and embeds items as the trained module does."""
-    from molar_lightning.models.mirm import MultimodalItemEncoder
-
     mirm = lora_mirm(tiny_qwen2_dir, seed=0)
     module = content_molar(mirm.hidden_size, fixture_data.num_items, item_encoder=mirm, negatives_per_step=3,
                            export_dir=str(tmp_path / "mirm"), optimizer=lambda params: torch.optim.Adam(params, lr=1e-2))

@@ -1,54 +1,74 @@
-"""SIGTERM in the middle of an epoch of ``molar fit`` (a real subprocess) exits non-zero with no test run, and
-leaves a checkpoint from which ``--ckpt_path`` resumes to a finished, tested run."""
+"""SIGTERM in the middle of an epoch of ``molar fit`` exits with status 143 and no test run, and leaves a checkpoint
+from which ``--ckpt_path`` resumes to a finished, tested run (slow: both as real processes)."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
+from molar_lightning.commands import main
+
 ROOT = Path(__file__).parents[2]
-# Written next to the run and put on PYTHONPATH: the process signals itself at a known batch, so the test does
-# not race the training loop; the signal goes through the same handler as one sent by SLURM.
-SIGNALLER = '''
-import os, signal
-import lightning.pytorch as pl
+BATCHES_PER_EPOCH = 6  # the ML-1M fixture: 12 users, one training window each, batches of 2
+
 
 class SIGTERMAt(pl.Callback):
+    """Sends this process SIGTERM after a given batch, so the test does not race the training loop; the signal
+    goes through the same handler as one sent by SLURM."""
+
     def __init__(self, epoch: int = 1, batch: int = 2) -> None:
         self.epoch, self.batch = epoch, batch
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             os.kill(os.getpid(), signal.SIGTERM)
-'''
 
 
-def fit(run: Path, data_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = ["--config", "configs/movielens/sasrec.yaml", "--data.init_args.data_dir", str(data_dir),
+def arguments(run: Path, data_dir: Path, *extra: str) -> list[str]:
+    return ["fit", "--config", str(ROOT / "configs/movielens/sasrec.yaml"), "--data.init_args.data_dir", str(data_dir),
             "--data.init_args.cache_dir", str(run.parent / "cache"), "--data.init_args.batch_size", "2",
             "--trainer.default_root_dir", str(run), "--trainer.max_epochs", "3", "--trainer.accelerator", "cpu",
             "--trainer.enable_progress_bar", "false", *extra]
-    environment = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{run.parent}"}
-    return subprocess.run([sys.executable, "-m", "molar_lightning", "fit", *args], cwd=ROOT, env=environment,
-                          capture_output=True, text=True, timeout=600)
+
+
+def assert_saved_mid_epoch(checkpoint: Path) -> None:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # written by this framework
+    assert state["epoch"] == 1
+    assert state["global_step"] == BATCHES_PER_EPOCH + 3  # epoch 0, then batches 0..2 of epoch 1
+
+
+def test_sigterm_stops_fit_with_status_143_and_a_checkpoint(ml1m_dir: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments(run, ml1m_dir, f"--trainer.callbacks+={__name__}.SIGTERMAt"))
+    assert exit_info.value.code == 143
+    assert "stopped by SIGTERM" in capsys.readouterr().err
+    assert not list(run.rglob("results.md"))  # fit's test never ran
+    assert_saved_mid_epoch(run / "interrupted.ckpt")
+    assert not list(run.glob("*.partial"))
+
+
+def fit(run: Path, data_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``molar fit`` as a process of its own, as SLURM runs it."""
+    return subprocess.run([sys.executable, "-m", "molar_lightning", *arguments(run, data_dir, *extra)], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow  # two `molar fit` processes, about a minute on 2 busy cores
 def test_sigterm_mid_epoch_exits_non_zero_and_its_checkpoint_resumes(ml1m_dir: Path, tmp_path: Path) -> None:
-    (tmp_path / "sigterm_at.py").write_text(SIGNALLER)
     run = tmp_path / "run"
-    stopped = fit(run, ml1m_dir, "--trainer.callbacks+=sigterm_at.SIGTERMAt")
+    stopped = fit(run, ml1m_dir, f"--trainer.callbacks+={__name__}.SIGTERMAt")
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     assert "stopped by SIGTERM" in stopped.stderr
     assert not list(run.rglob("results.md"))  # fit's test never ran
     checkpoint = run / "interrupted.ckpt"
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # written by this framework
-    assert state["epoch"] == 1
-    batches_per_epoch = 6  # 12 users, one window each, batches of 2
-    assert state["global_step"] == batches_per_epoch + 3  # epoch 0, then batches 0..2 of epoch 1
+    assert_saved_mid_epoch(checkpoint)
 
     resumed = fit(run, ml1m_dir, "--ckpt_path", str(checkpoint))
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -8,6 +8,7 @@ are the scores), so nothing here re-implements a model. Before any of that, the 
 is compared with the one the checkpoint records (:mod:`molar_lightning.callbacks.prepared_data`).
 """
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,6 +27,8 @@ from molar_lightning.data.collate import collate_eval
 from molar_lightning.data.datamodule import SequentialDataModule
 from molar_lightning.data.item_inputs import item_loader
 from molar_lightning.data.prepare import CanonicalDataset
+from molar_lightning.models.mirm import MultimodalItemEncoder
+from molar_lightning.tasks.item_side import CachedItems, EncodedItems
 from molar_lightning.tasks.ranking_task import RankingTask
 from molar_lightning.user_error import MissingInputError, UserError
 
@@ -121,28 +124,49 @@ class LiveModel:
         """``[N + 1, D]``: the items as evaluation scores them (row 0 is padding)."""
         return self.rank_inputs(collate_eval([(np.array([1]), 0, 0, np.array([1]))]))["item_emb"]
 
+    def item_encoder(self) -> EncodedItems:
+        """The trained MIRM, as the item side that embeds with it: the task's own when trained end to end; in the
+        cached mode the MIRM that ``molar embed`` wrote the cache with, rebuilt from the cache's ``meta.json``
+        and refused unless its weights have the fingerprint recorded there."""
+        items = getattr(self.task, "items", None)
+        if isinstance(items, EncodedItems):
+            return items
+        if not isinstance(items, CachedItems):
+            raise ServingError(f"{self.checkpoint} is a {type(self.task).__name__} of item ids: new items have no "
+                               f"content model to embed them; cold start needs a MolarModule")
+        if not isinstance(items.path, str):
+            raise ServingError("item_embeddings is a list of caches (features concatenated): new items cannot be "
+                               "embedded as all of them were; cold start needs one MIRM cache")
+        folder = Path(items.path) if Path(items.path).is_dir() else Path(items.path).parent
+        meta_file = folder / "meta.json"
+        if not meta_file.is_file():
+            raise ServingError(f"item_embeddings {items.path} has no meta.json beside it, so the MIRM that wrote it "
+                               f"is unknown; cold start needs a cache written by molar embed")
+        meta = json.loads(meta_file.read_text())
+        encoder = MultimodalItemEncoder(**meta["encoder"])
+        if encoder.fingerprint() != meta["weights"]:
+            raise ServingError(f"the MIRM rebuilt from {meta_file} ({meta['encoder']['backbone']}) has weights of "
+                               f"fingerprint {encoder.fingerprint()}, but the cache was written by weights of "
+                               f"fingerprint {meta['weights']}: the backbone folder changed since molar embed (or "
+                               f"the cache was of a LoRA adapter); embed the catalogue again with the MIRM to use")
+        return EncodedItems(encoder.to(self.device).eval(), item_batch_size=32)
+
     @torch.no_grad()
     def embed_new_items(self, catalog: ItemCatalog, batch_size: int = 32) -> torch.Tensor:
-        """Cold start: ``[K, D]`` scoring rows of the ``K`` items of ``catalog`` (ids ``1..K``), which the trained
-        MIRM embeds as it embeds the catalogue at evaluation.
-
-        Only a MolarModule trained end to end holds its MIRM, and only content scoring ranks by it alone (the ID
-        model has no row for a new item)."""
+        """Cold start: ``[K, D]`` scoring rows of the ``K`` items of ``catalog`` (ids ``1..K``), embedded by the
+        trained MIRM (:meth:`item_encoder`) as the catalogue was, then adapted and normalised as evaluation scores
+        the catalogue. Only content scoring ranks by the MIRM alone (the ID model has no row for a new item)."""
         task = self.task
-        encoder = getattr(task, "item_encoder", None)
-        if encoder is None:
-            raise ServingError(f"{self.checkpoint} holds no item encoder (a {type(task).__name__} "
-                               f"{'in the cached mode' if hasattr(task, 'items') else 'of item ids'}): new items can "
-                               f"only be embedded by a MolarModule trained end to end (item_encoder set)")
-        if task.scoring != "content":
+        if getattr(task, "scoring", "content") != "content":
             raise ServingError(f"this MolarModule scores items with scoring: {task.scoring}, which needs each item's "
                                f"ID-model embedding, and new items have none; only a model trained with scoring: "
                                f"content ranks them")
+        items = self.item_encoder()
         rows = None
-        for batch in item_loader(catalog, encoder.prompts, batch_size=batch_size, shard=False):
+        for batch in item_loader(catalog, items.encoder.prompts, batch_size=batch_size, shard=False):
             batch = task.transfer_batch_to_device(batch, self.device, 0)
             with self.trainer.precision_plugin.forward_context():
-                embedded = task.item_adapter(task.items.encode(batch).float())
+                embedded = task.item_adapter(items.encode(batch).float())
             # Content scoring is the cosine (MolarModule._rank_inputs normalises the item table the same way).
             embedded = torch.nn.functional.normalize(embedded.float(), dim=-1).cpu()
             rows = rows if rows is not None else torch.zeros(len(catalog), embedded.shape[-1])

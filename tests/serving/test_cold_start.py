@@ -52,15 +52,18 @@ def test_rows_keep_the_catalogue_shape(tmp_path: Path) -> None:
 
 def test_a_model_without_its_item_encoder_refuses_new_items(sasrec_run, tmp_path: Path) -> None:
     items = write_items(tmp_path / "new.jsonl", [{"id": "new", "title": "Toy Story 5"}])
-    with pytest.raises(ServingError, match="only be embedded by a MolarModule trained end to end"):
+    with pytest.raises(ServingError, match="of item ids: new items have no content model"):
         export(str(sasrec_run["checkpoint"]), str(tmp_path / "export"), items=str(items))
 
 
 @pytest.mark.slow
-def test_new_items_embed_as_catalogue_items_and_rank_for_their_user(molar_run, tmp_path: Path) -> None:
-    """Copies of three catalogue items (text fields and cover) get the items' rows; a copy of a user's best-scoring
-    seen item ranks, unseen, above every unseen item that scores below the original."""
-    (prepared,) = (molar_run["work"] / "cache").glob("pixelrec-*")
+@pytest.mark.parametrize("run", ["molar_run", "molar_cached_run"], ids=["end-to-end", "cached"])
+def test_new_items_embed_as_catalogue_items_and_rank_for_their_user(run: str, request, tmp_path: Path) -> None:
+    """Copies of three catalogue items (text fields and cover) get the items' rows, from the end-to-end MIRM or
+    the one molar embed used; a copy of a user's best-scoring seen item ranks, unseen, above every unseen item
+    that scores below the original."""
+    molar_run = request.getfixturevalue(run)
+    (prepared,) = molar_run["cache"].glob("pixelrec-*")
     catalog = ItemCatalog(CanonicalDataset(prepared))
     originals = [1, 2, 3]
     lines = [{"id": f"copy-of-{item}", "title": catalog.fields(item)["title"],

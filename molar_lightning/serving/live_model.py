@@ -79,6 +79,10 @@ class LiveModel:
 
     def __init__(self, checkpoint: str, config: Optional[str] = None, overrides: Sequence[str] = ()) -> None:
         self.checkpoint = Path(checkpoint)
+        if self.checkpoint.is_dir():
+            raise ServingError(f"checkpoint {checkpoint} is a folder of FSDP shards; turn it into one file first "
+                               f"(python -m lightning.fabric.utilities.consolidate_checkpoint {checkpoint}, see "
+                               f"docs/scaling.md) and pass {checkpoint}.consolidated")
         if not self.checkpoint.is_file():
             raise MissingInputError(f"checkpoint {checkpoint} does not exist; pass a best-*.ckpt or last.ckpt written "
                                     f"by molar fit (runs/<experiment>/lightning_logs/version_<n>/checkpoints/)")

@@ -75,6 +75,9 @@ class Recommender:
         self.search = build_search(self.items, index)
         self.model: Optional[LiveModel] = None
         if histories:
+            if not Path(self.manifest["checkpoint"] or "").is_file():
+                raise ServingError(f"the export's checkpoint {self.manifest['checkpoint']} is not there, so histories "
+                                   f"cannot be embedded; answer users only (--histories false), or export again")
             self.model = LiveModel(self.manifest["checkpoint"], self.manifest["config"], self.manifest["overrides"])
         self._model_lock = threading.Lock()  # one history batch through the model at a time
 

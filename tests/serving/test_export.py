@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from molar_lightning.callbacks.prepared_data import recorded_dataset
 from molar_lightning.commands import main
 from molar_lightning.data.prepare import CanonicalDataset
 from molar_lightning.serving.export import export
@@ -42,6 +43,7 @@ def test_manifest_and_id_maps_describe_the_export(sasrec_run, sasrec_export) -> 
     assert manifest["task"] == "molar_lightning.tasks.sequential.SequentialRecModule"
     assert manifest["hyper_parameters"]["encoder"]["class_path"] == "molar_lightning.models.id.sasrec.SASRec"
     assert manifest["dataset"] == prepared.name and manifest["test_metrics"] == results
+    assert recorded_dataset(sasrec_run["checkpoint"]) == {"dataset": prepared.name, "num_items": 10, "num_users": 12}
     assert items.shape == (11, 64) and manifest["dim"] == 64 and manifest["num_trained_items"] == 10
     assert json.loads((sasrec_export / "items.json").read_text()) == list(dataset.items["raw_id"])
     assert json.loads((sasrec_export / "users.json").read_text()) == list(dataset.sequences["raw_user_id"])
@@ -96,3 +98,7 @@ def test_command_line_mistakes_are_one_message(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["export", "--ckpt_path", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x")])
     assert "missing.ckpt does not exist" in capsys.readouterr().err
+    (tmp_path / "last.ckpt").mkdir()
+    with pytest.raises(SystemExit):
+        main(["export", "--ckpt_path", str(tmp_path / "last.ckpt"), "--out", str(tmp_path / "x")])
+    assert "is a folder of FSDP shards" in capsys.readouterr().err

@@ -2,10 +2,12 @@
 embedded by the live model as the export embedded the user with it, and every bad request is refused by name."""
 
 import json
+import shutil
 
 import pytest
 
 from molar_lightning.commands import main
+from molar_lightning.serving.live_model import ServingError
 from molar_lightning.serving.recommend import Recommender, RequestError
 
 
@@ -61,6 +63,14 @@ def test_without_its_model_a_history_is_refused_and_users_still_answered(sasrec_
     assert users_only.recommend({"user": "2", "k": 3})["items"]
     with pytest.raises(RequestError, match="opened without its model"):
         users_only.recommend({"history": ["1"]})
+
+
+def test_histories_need_the_exports_checkpoint(sasrec_export, tmp_path) -> None:
+    moved = shutil.copytree(sasrec_export, tmp_path / "export")
+    manifest = json.loads((moved / "manifest.json").read_text())
+    (moved / "manifest.json").write_text(json.dumps({**manifest, "checkpoint": str(tmp_path / "gone.ckpt")}))
+    with pytest.raises(ServingError, match=r"gone.ckpt is not there.*--histories false"):
+        Recommender(str(moved), histories=True)
 
 
 def test_the_command_answers_json_lines(sasrec_export, tmp_path, capsys) -> None:

@@ -7,7 +7,7 @@ count or number of GPUs.
 """
 
 import math
-from typing import Optional, Union
+from typing import Mapping, Optional, Union
 
 import lightning.pytorch as pl
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -78,13 +78,31 @@ def every_step(scheduler: LRScheduler, trainer: pl.Trainer) -> dict:
 
 
 def trainable_weights_optimizer(module: pl.LightningModule, optimizer: OptimizerCallable,
-                                lr_scheduler: Optional[LRSchedulerCallable]) -> Union[Optimizer, dict]:
+                                lr_scheduler: Optional[LRSchedulerCallable],
+                                lr_scales: Optional[Mapping[str, float]] = None) -> Union[Optimizer, dict]:
     """What every task's ``configure_optimizers`` returns: ``optimizer`` over the module's trainable weights,
-    with ``lr_scheduler`` (if any) stepped every optimizer step (:func:`every_step`)."""
-    trainable = [parameter for parameter in module.parameters() if parameter.requires_grad]
-    if not trainable:
+    with ``lr_scheduler`` (if any) stepped every optimizer step (:func:`every_step`).
+
+    ``lr_scales`` maps a part (an attribute path of the module, such as ``items.encoder``) to a factor of the
+    optimizer's learning rate for the weights under it, each such part its own parameter group; a schedule then
+    scales every group alike."""
+    lr_scales = dict(lr_scales or {})
+    groups: dict[Optional[str], list] = {}
+    for name, parameter in module.named_parameters():
+        if parameter.requires_grad:
+            part = next((part for part in lr_scales if name == part or name.startswith(f"{part}.")), None)
+            groups.setdefault(part, []).append(parameter)
+    if not groups:
         raise ValueError("the encoder has no trainable weight: set its finetuning to lora or full")
-    built = optimizer(trainable)
+    unknown = [part for part in lr_scales if part not in groups]
+    if unknown:
+        parts = sorted({name.split(".")[0] for name, parameter in module.named_parameters() if parameter.requires_grad})
+        raise ValueError(f"lr_scales names {unknown}, which hold no trainable weight; parts with trainable weights "
+                         f"start with {parts} (e.g. items.encoder, user_encoder, encoder)")
+    built = optimizer([{"params": parameters} for parameters in groups.values()])
+    for group, part in zip(built.param_groups, groups):
+        if part is not None:
+            group["lr"] *= lr_scales[part]
     if lr_scheduler is None:
         return built
     return {"optimizer": built, "lr_scheduler": every_step(lr_scheduler(built), module.trainer)}

@@ -84,3 +84,36 @@ def test_a_task_fills_in_the_run_length_and_steps_every_optimizer_step(tmp_path:
     cosine = [0.25 + 0.75 * (1 + math.cos(math.pi * s / 4)) / 2 for s in range(4)]
     assert seen == pytest.approx([1e-2 * f for f in (0.01, 0.505, *cosine)])
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.25e-2)
+
+
+class TwoParts(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.items = torch.nn.ModuleDict({"encoder": torch.nn.Linear(2, 2)})
+        self.user_encoder = torch.nn.Linear(2, 2)
+        self.frozen = torch.nn.Linear(2, 2).requires_grad_(False)
+
+
+def test_lr_scales_give_a_part_its_own_rate_which_the_schedule_scales_alike() -> None:
+    from molar_lightning.optim import trainable_weights_optimizer
+
+    module = TwoParts()
+    built = trainable_weights_optimizer(module, lambda params: torch.optim.SGD(params, lr=2.0), None,
+                                        {"items.encoder": 0.1})
+    rates = {id(parameter): group["lr"] for group in built.param_groups for parameter in group["params"]}
+    assert [rates[id(p)] for p in module.items.parameters()] == pytest.approx([0.2, 0.2])
+    assert [rates[id(p)] for p in module.user_encoder.parameters()] == [2.0, 2.0]
+    assert len(rates) == 4  # the frozen part is not optimized
+    schedule = WarmupCosineSchedule(built, warmup_steps=2, total_steps=4)
+    assert [group["lr"] for group in built.param_groups] == pytest.approx([0.002, 0.02])  # items first, in module order
+    schedule.optimizer.step()
+    schedule.step()
+    assert [group["lr"] for group in built.param_groups] == pytest.approx([0.101, 1.01])
+
+
+def test_lr_scales_naming_no_trainable_part_are_refused() -> None:
+    from molar_lightning.optim import trainable_weights_optimizer
+
+    for part in ("items.encoders", "frozen"):
+        with pytest.raises(ValueError, match=rf"lr_scales names \['{part}'\].*\['items', 'user_encoder'\]"):
+            trainable_weights_optimizer(TwoParts(), torch.optim.SGD, None, {part: 0.1})

@@ -107,6 +107,9 @@ class MolarModule(RankingTask):
         optimizer: optimizer factory over every trainable weight; AdamW unless configured.
         lr_scheduler: optional scheduler factory, stepped every optimizer step (e.g.
             ``molar_lightning.optim.WarmupCosineSchedule``, the paper's warm-up + cosine).
+        lr_scales: a factor of the optimizer's learning rate per part, by attribute path: e.g.
+            ``{items.encoder: 0.1}`` trains an end-to-end MIRM at a tenth of DUEG's rate (a fully fine-tuned
+            item LLM can collapse the item embeddings at a rate DUEG needs). Null: one rate for all.
         top_k: how many items ``predict`` returns per user (written by ``molar predict`` in raw ids).
     """
 
@@ -133,6 +136,7 @@ class MolarModule(RankingTask):
         export_dir: Optional[str] = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
+        lr_scales: Optional[dict[str, float]] = None,
         top_k: int = 50,
     ) -> None:
         super().__init__()
@@ -163,6 +167,7 @@ class MolarModule(RankingTask):
         self.export_dir = export_dir
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
+        self.lr_scales = lr_scales
         width = adapted_width(self.item_adapter, self.items.width)
         if width != user_encoder.input_size:
             raise ValueError(f"item embeddings are {width}-dimensional (after item_adapter) but the user_encoder's "

@@ -30,6 +30,7 @@ class RankingTask(ShardableTask):
 
     optimizer: OptimizerCallable
     lr_scheduler: Optional[LRSchedulerCallable]
+    lr_scales: Optional[dict[str, float]] = None  # per-part learning-rate factors (MolarModule's lr_scales)
     top_k: int
     _epoch_item_tables: Optional[ItemTables] = None
 
@@ -87,4 +88,4 @@ class RankingTask(ShardableTask):
         return recommendations(inputs["user_emb"], inputs["item_emb"], self.top_k, batch.history, batch.user_ids)
 
     def configure_optimizers(self):
-        return trainable_weights_optimizer(self, self.optimizer, self.lr_scheduler)
+        return trainable_weights_optimizer(self, self.optimizer, self.lr_scheduler, self.lr_scales)

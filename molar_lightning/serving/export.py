@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from molar_lightning.data.raw import line_error
 from molar_lightning.serving.cold_start import NewItemCatalog, read_new_items
 from molar_lightning.serving.live_model import LiveModel, ServingError
-from molar_lightning.serving.options import split_options, usage
+from molar_lightning.serving.options import flag, split_options, usage
 from molar_lightning.user_error import MissingInputError
 
 EXPORT_FORMAT = 1
@@ -45,6 +45,7 @@ OPTIONS = {
     "--config": "the experiment YAML (default: the config.yaml saved with the checkpoint's run)",
     "--histories": "JSON lines {\"id\": ..., \"items\": [raw item ids, oldest first]}: more users to embed",
     "--items": "JSON lines of new items (id, title, description, attributes, image): cold start",
+    "--data_set_users": "false: embed only the --histories users, not every user of the data set (large data)",
 }
 
 
@@ -117,17 +118,21 @@ def test_metrics(checkpoint: Path) -> Optional[dict]:
 
 
 def export(ckpt_path: str, out: str, config: Optional[str] = None, histories: Optional[str] = None,
-           items: Optional[str] = None, overrides: Sequence[str] = ()) -> Path:
+           items: Optional[str] = None, overrides: Sequence[str] = (), data_set_users: bool = True) -> Path:
     """Write the export of ``ckpt_path`` to ``out`` (see the module docstring); returns the folder."""
     check_destination(Path(out))
+    if not data_set_users and not histories:
+        raise ServingError("--data_set_users false leaves no user to export; give --histories")
     live = LiveModel(ckpt_path, config, overrides)
     dataset = live.dataset
     item_ids = list(dataset.items["raw_id"])
-    user_ids = list(dataset.sequences["raw_user_id"])
-    offsets, flat = dataset.flat_sequences
-    seen = [flat[offsets[user]:offsets[user + 1]].tolist() for user in range(len(offsets) - 1)]
     table = live.item_table()
-    users = torch.cat([live.rank_inputs(batch)["user_emb"] for batch in live.datamodule.predict_dataloader()])
+    user_ids, seen, users = [], [], torch.zeros(0, table.shape[1])
+    if data_set_users:
+        user_ids = list(dataset.sequences["raw_user_id"])
+        offsets, flat = dataset.flat_sequences
+        seen = [flat[offsets[user]:offsets[user + 1]].tolist() for user in range(len(offsets) - 1)]
+        users = torch.cat([live.rank_inputs(batch)["user_emb"] for batch in live.datamodule.predict_dataloader()])
     new_items = 0
     if histories:
         extra_ids, extra = read_histories(histories, {raw: row for row, raw in enumerate(item_ids, start=1)})
@@ -163,7 +168,7 @@ def main(args: list[str]) -> Optional[Path]:
         raise ServingError(f"molar export needs {' and '.join('--' + name for name in missing)}\n"
                            f"{usage(synopsis, DESCRIPTION, OPTIONS)}")
     folder = export(own["ckpt_path"], own["out"], own.get("config"), own.get("histories"), own.get("items"),
-                    overrides)
+                    overrides, flag(own.get("data_set_users", "true"), "data_set_users"))
     manifest = json.loads((folder / MANIFEST).read_text())
     print(f"{manifest['num_items']:,} items ({manifest['num_new_items']} new) and {manifest['num_users']:,} "
           f"users, {manifest['dim']} dimensions, in {folder}", file=sys.stdout)

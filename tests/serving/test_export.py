@@ -64,6 +64,11 @@ def test_a_history_embeds_as_the_data_set_user_with_it(sasrec_run, sasrec_export
     assert torch.allclose(extended.users[-1], extended.users[extended.user_rows["3"]], atol=1e-6)
     assert extended.recommend({"user": "new-user"}) == {**extended.recommend({"user": "3"}), "user": "new-user"}
 
+    only = Recommender(str(export(str(sasrec_run["checkpoint"]), str(tmp_path / "only"), histories=str(histories),
+                                  data_set_users=False)))
+    assert only.user_ids == ["new-user"] and torch.allclose(only.users[0], extended.users[-1])
+    assert only.seen(0) == extended.seen(extended.user_rows["3"])
+
     histories.write_text(json.dumps({"id": "a", "items": ["1"]}) + "\n" + json.dumps({"id": "b", "items": ["1", "x9"]}))
     with pytest.raises(UserError, match=rf"{histories}:2: unknown item ids \['x9'\]"):
         export(str(sasrec_run["checkpoint"]), str(tmp_path / "export"), histories=str(histories))

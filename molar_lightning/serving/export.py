@@ -6,7 +6,8 @@ From a checkpoint, loaded as ``molar predict --ckpt_path`` loads it
 * ``items.safetensors``: ``embeddings [N + 1, D]``, the items as evaluation scores them (row 0 padding);
   cold-start items (``--items new_items.jsonl``) follow the catalogue's ``N`` rows;
 * ``users.safetensors``: ``embeddings [U, D]`` of the data set's users (their whole history, as ``molar
-  predict`` reads it) and of the histories given with ``--histories``, and ``seen_offsets [U + 1]`` /
+  predict`` reads it; ``--data_set_users false`` leaves them out) and of the histories given with
+  ``--histories``, and ``seen_offsets [U + 1]`` /
   ``seen_items`` (user ``u`` has seen ``seen_items[seen_offsets[u]:seen_offsets[u + 1]]``);
 * ``items.json`` and ``users.json``: the raw id of each row (``items.json[i]`` is row ``i + 1``);
 * ``manifest.json``: task class and hyper-parameters, checkpoint, config, the prepared data set (its digest),

@@ -23,6 +23,7 @@ from torch import nn
 from molar_lightning.batch import ItemBatch, TrainBatch
 from molar_lightning.losses import gather_across_ranks
 from molar_lightning.models.mirm import MultimodalItemEncoder
+from molar_lightning.user_error import MissingInputError
 
 CACHE_FILE = "embeddings.safetensors"
 SOURCE_FILE = "source.json"  # written by molar embed beside the embeddings: the prepared data set they are of
@@ -37,7 +38,7 @@ def load_item_table(path: Union[str, list[str]]) -> torch.Tensor:
         return torch.cat([load_item_table(part) for part in path], dim=-1)
     file = Path(path) / CACHE_FILE if Path(path).is_dir() else Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"item_embeddings: {file} does not exist; run `molar embed --config <MIRM yaml>` "
+        raise MissingInputError(f"item_embeddings: {file} does not exist; run `molar embed --config <MIRM yaml>` "
                                 f"and pass the folder it prints")
     return load_file(str(file))["embeddings"].float()
 

@@ -28,14 +28,15 @@ from safetensors.torch import load_file, save_file
 
 from molar_lightning.data.catalog import ItemCatalog
 from molar_lightning.data.item_inputs import item_loader
+from molar_lightning.user_error import UserError
 
 CACHE_FORMAT = 1
 MERGED = "embeddings.safetensors"
 SOURCE = "source.json"  # the prepared data set the embeddings are of (molar_lightning.tasks.molar reads it)
 
 
-class StaleCacheError(RuntimeError):
-    """A cache folder was written for another encoder or other data."""
+class StaleCacheError(UserError, RuntimeError):
+    """A cache folder was written for another encoder or other data (a user error: point the cache elsewhere)."""
 
 
 def catalog_fingerprint(catalog: ItemCatalog) -> str:

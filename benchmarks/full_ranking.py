@@ -3,10 +3,11 @@
 Synthetic user and item embeddings (random normal; histories and targets drawn at random) are ranked twice
 over the same user batches and item chunks, the two alternating batch by batch: once by the bare pass (one
 matmul and ``torch.topk(max(ks))`` per chunk, the least any exact full ranking must do), once by
-``RankingMetrics.update`` (history excluded, exact ties, non-finite checks). It prints users/s of both, the fraction of the bare pass the metric reaches,
-and the projected wall time of a full Pixel8M test (8.9M users x 407k items x 2,048 dims) at the metric's
-measured rate. The projection scales the measured user-item pairs/s by ``2048 / dims`` when run at fewer
-dims (the matmul's share of the work), so on a GPU measure at ``--dims 2048`` for a direct figure::
+``RankingMetrics.update`` (history excluded, exact ties, non-finite checks). It prints users/s of both,
+the fraction of the bare pass the metric reaches, and the projected wall time of a full Pixel8M test
+(8.9M users x 407k items x 2,048 dims) at the metric's measured rate. The projection scales the measured
+user-item pairs/s by ``2048 / dims`` when run at fewer dims (the matmul's share of the work), so on a GPU
+measure at ``--dims 2048`` for a direct figure::
 
     python benchmarks/full_ranking.py                                  # CPU: 4096 users x 400k items x 64 dims
     python benchmarks/full_ranking.py --device cuda --dims 2048 --users 65536

@@ -47,7 +47,8 @@ def _reference_sums(user_emb, item_emb, target, history, exclude_history, chunk)
 def _case(kind: str, seed: int = 0, users: int = 40, items: int = 300, dim: int = 8):
     generator = torch.Generator().manual_seed(seed)
     if kind == "random":
-        user_emb, item_emb = torch.randn(users, dim, generator=generator), torch.randn(items + 1, dim, generator=generator)
+        user_emb = torch.randn(users, dim, generator=generator)
+        item_emb = torch.randn(items + 1, dim, generator=generator)
     elif kind == "integer_ties":  # scores are small exact integers: ties everywhere, some past the kept depth
         user_emb = torch.randint(-1, 2, (users, 2), generator=generator).float()
         item_emb = torch.randint(-1, 2, (items + 1, 2), generator=generator).float()

@@ -10,7 +10,7 @@ argument. Every other exception is an internal error and keeps its traceback; ``
 import os
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Optional
 
 DEBUG_FLAG = "--debug"
 DEBUG_VARIABLE = "MOLAR_DEBUG"
@@ -35,13 +35,24 @@ def debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
     return len(rest) < len(argv) or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"), rest
 
 
+def user_error_in(error: Optional[BaseException]) -> Optional[UserError]:
+    """``error`` if it is a :class:`UserError`, else the first one it was raised ``from`` (jsonargparse wraps what
+    a constructor raises this way), else None. Only explicit causes count: an error raised while handling a user
+    error is a bug of its own."""
+    while error is not None and not isinstance(error, UserError):
+        error = error.__cause__
+    return error
+
+
 @contextmanager
 def reported(debug: bool) -> Iterator[None]:
-    """Print a :class:`UserError` raised inside as ``error: <message>`` and exit 2 (re-raise it under ``debug``)."""
+    """Print a :class:`UserError` raised inside (or the one behind a wrapper) as ``error: <message>`` and exit 2;
+    re-raise it under ``debug``, and every other exception always."""
     try:
         yield
-    except UserError as error:
-        if debug:
+    except Exception as raised:
+        error = user_error_in(raised)
+        if error is None or debug:
             raise
         print(f"error: {error}\n(run with {DEBUG_FLAG} or {DEBUG_VARIABLE}=1 for the traceback)", file=sys.stderr)
         sys.exit(EXIT_STATUS)

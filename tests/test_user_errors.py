@@ -10,6 +10,7 @@ import pytest
 
 from molar_lightning import commands
 from molar_lightning.commands import main
+from molar_lightning.user_error import UserError
 
 ROOT = Path(__file__).parents[1]
 
@@ -71,12 +72,32 @@ def test_fit_with_a_missing_data_directory_is_one_message(tmp_path: Path, capsys
     assert not any("Traceback" in line for line in lines)
 
 
+def test_a_user_error_that_jsonargparse_wraps_is_still_one_message(ml1m_dir: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:  # raised in the DataModule's constructor, inside jsonargparse
+        main(["prepare", "--config", str(ROOT / "configs/movielens/sasrec.yaml"), "--data.init_args.data_dir",
+              str(ml1m_dir), "--data.init_args.cache_dir", str(tmp_path), "--data.init_args.max_seq_len", "0"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: max_seq_len must be at least 1, got 0\n")
+
+
 def test_an_internal_error_keeps_its_traceback(monkeypatch) -> None:
     def broken(args: list[str]) -> None:
         raise KeyError("a bug, not a user's mistake")
 
     monkeypatch.setitem(commands.OTHER_COMMANDS, "prepare", ("", broken))
     with pytest.raises(KeyError, match="a bug"):
+        main(["prepare"])
+
+
+def test_an_error_raised_while_handling_a_user_error_keeps_its_traceback(monkeypatch) -> None:
+    def broken(args: list[str]) -> None:
+        try:
+            raise UserError("a user's mistake")
+        except UserError:
+            raise KeyError("a bug in the handler")
+
+    monkeypatch.setitem(commands.OTHER_COMMANDS, "prepare", ("", broken))
+    with pytest.raises(KeyError, match="a bug in the handler"):
         main(["prepare"])
 
 

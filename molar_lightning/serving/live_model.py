@@ -8,8 +8,10 @@ are the scores), so nothing here re-implements a model. Before any of that, the 
 is compared with the one the checkpoint records (:mod:`molar_lightning.callbacks.prepared_data`).
 """
 
+import contextlib
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
@@ -96,9 +98,10 @@ class LiveModel:
         self.dataset = configured_dataset(settings)
         check_data(self.checkpoint, self.dataset)
         scratch = tempfile.mkdtemp(prefix="molar-live-")  # the one prediction batch's recommendations go here
-        try:
-            cli = build_cli(["predict", *args, *SETUP_RUN, f"--trainer.default_root_dir={scratch}",
-                             "--ckpt_path", str(self.checkpoint)])
+        try:  # progress bars go to stderr, so that commands answering on stdout (molar recommend) stay JSON
+            with contextlib.redirect_stdout(sys.stderr):
+                cli = build_cli(["predict", *args, *SETUP_RUN, f"--trainer.default_root_dir={scratch}",
+                                 "--ckpt_path", str(self.checkpoint)])
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         self.trainer, self.datamodule = cli.trainer, cli.datamodule

@@ -74,10 +74,17 @@ def test_histories_need_the_exports_checkpoint(sasrec_export, tmp_path) -> None:
 
 
 def test_the_command_answers_json_lines(sasrec_export, tmp_path, capsys) -> None:
+    """Only answers reach stdout, even when loading the model for a history draws a Rich progress bar."""
+    export = shutil.copytree(sasrec_export, tmp_path / "export")
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["overrides"] = ["--trainer.enable_progress_bar=true",
+                             "--trainer.callbacks+=lightning.pytorch.callbacks.RichProgressBar"]
+    (export / "manifest.json").write_text(json.dumps(manifest))
     requests = tmp_path / "requests.jsonl"
-    requests.write_text('{"user": "1", "k": 2}\n{"user": "ghost"}\n')
-    main(["recommend", "--export", str(sasrec_export), "--requests", str(requests)])
+    requests.write_text('{"user": "1", "k": 2}\n{"user": "ghost"}\n{"history": ["1", "2"], "k": 1}\n')
+    main(["recommend", "--export", str(export), "--requests", str(requests)])
     answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(answers) == 3 and answers[2]["history"] == ["1", "2"] and len(answers[2]["items"]) == 1
     assert answers[0]["user"] == "1" and len(answers[0]["items"]) == 2
     assert answers[1] == {"error": "unknown user id 'ghost': not in this export (its users are the data set's and "
                                    "those exported with --histories); send their history instead"}

@@ -98,10 +98,10 @@ def command(argv: list[str]) -> Optional[tuple[str, list[str]]]:
 def main(args: ArgsType = None) -> None:
     """Entry point of the ``molar`` console script; tests call ``main([...])``."""
     debug, argv = debug_requested([str(arg) for arg in (sys.argv[1:] if args is None else args)])
-    if args is None:
-        sys.argv[1:] = argv  # without --debug: LightningCLI reads sys.argv, and starts further DDP ranks with it
-    if debug:
-        os.environ[DEBUG_VARIABLE] = "1"  # ... so they learn it from here
+    if args is None:  # the console script: LightningCLI reads sys.argv and starts further DDP ranks with it
+        sys.argv[1:] = argv
+        if debug:
+            os.environ[DEBUG_VARIABLE] = "1"  # ... so they learn --debug from the environment
     if not argv or argv[0] in ("-h", "--help"):
         print(overview())
         return

@@ -57,7 +57,7 @@ def test_a_diverged_epoch_is_reported_and_not_the_best_checkpoint(tmp_path: Path
     checkpoint = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", monitor="val/ndcg@5", mode="max",
                                  save_top_k=1)
     trainer = lightning.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
-                                enable_model_summary=False, num_sanity_val_steps=0,
+                                enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
                                 callbacks=[evaluation, checkpoint])
     with pytest.warns(UserWarning, match=r"8 of 8 val users were ranked with a NaN or infinite score"):
         trainer.fit(DivergingModule(diverge_epoch=1), _loader(), _loader())
@@ -76,7 +76,7 @@ def test_a_healthy_run_warns_of_nothing(tmp_path: Path, recwarn) -> None:
     evaluation = RankingEvaluationCallback(ks=KS)
     trainer = lightning.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
                                 enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
-                                callbacks=[evaluation])
+                                default_root_dir=tmp_path, callbacks=[evaluation])
     trainer.fit(DivergingModule(diverge_epoch=99), _loader(), _loader())
     assert evaluation.validation_history[0]["nonfinite_users"] == 0
     assert not [w for w in recwarn if "NaN or infinite" in str(w.message)]

@@ -133,7 +133,7 @@ def export(ckpt_path: str, out: str, config: Optional[str] = None, histories: Op
         user_ids = list(dataset.sequences["raw_user_id"])
         offsets, flat = dataset.flat_sequences
         seen = [flat[offsets[user]:offsets[user + 1]].tolist() for user in range(len(offsets) - 1)]
-        users = torch.cat([live.rank_inputs(batch)["user_emb"] for batch in live.datamodule.predict_dataloader()])
+        users = torch.cat([live.user_embeddings(batch) for batch in live.datamodule.predict_dataloader()])
     new_items = 0
     if histories:
         extra_ids, extra = read_histories(histories, {raw: row for row, raw in enumerate(item_ids, start=1)})

@@ -3,7 +3,7 @@
 The run's recorded ``config.yaml`` (next to ``checkpoints/``) rebuilds the task and its DataModule through the
 LightningCLI, the checkpoint's hyper-parameters are read over it and its weights loaded, and one prediction
 batch runs, so every setup hook has run (an end-to-end MIRM has embedded the catalog). The task then ranks
-with what its evaluation uses (``_rank_inputs``: the user embeddings and the item table whose dot products
+with what its evaluation uses (``item_tables`` once, then ``user_embeddings`` per batch: their dot products
 are the scores), so nothing here re-implements a model. Before any of that, the data set the config prepares
 is compared with the one the checkpoint records (:mod:`molar_lightning.callbacks.prepared_data`).
 """
@@ -108,28 +108,30 @@ class LiveModel:
         self.device = cli.trainer.strategy.root_device
         self.task: RankingTask = cli.model.to(self.device).eval()
         self.max_seq_len = cli.datamodule.max_seq_len
+        with torch.no_grad(), self.trainer.precision_plugin.forward_context():
+            self.tables = self.task.item_tables()  # built once, as an evaluation epoch builds them
 
     @torch.no_grad()
-    def rank_inputs(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
-        """``{"user_emb" [B, D], "item_emb" [N + 1, D]}`` of an evaluation batch, as evaluation scores it."""
+    def user_embeddings(self, batch: EvalBatch) -> torch.Tensor:
+        """``[B, D]`` user embeddings of an evaluation batch, scored against :meth:`item_table` as evaluation
+        scores them."""
         batch = self.task.transfer_batch_to_device(batch, self.device, 0)
         with self.trainer.precision_plugin.forward_context():
-            inputs = self.task._rank_inputs(batch)
-        return {name: value.float().cpu() for name, value in inputs.items()}
+            return self.task.user_embeddings(batch, self.tables).float().cpu()
 
     def encode_histories(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
         """User embeddings ``[B, D]`` of item-id histories (oldest first) of users the model does not know."""
         batch = collate_eval([(np.asarray(history[-self.max_seq_len:], dtype=np.int64), 0, PADDING_USER,
                                np.asarray(history, dtype=np.int64)) for history in histories])
         try:
-            return self.rank_inputs(batch)["user_emb"]
+            return self.user_embeddings(batch)
         except IndexError as error:
             raise ServingError(f"{type(self.task.encoder).__name__} cannot embed a history of an unknown user "
                                f"({error}); ask for a user of the data set instead") from error
 
     def item_table(self) -> torch.Tensor:
         """``[N + 1, D]``: the items as evaluation scores them (row 0 is padding)."""
-        return self.rank_inputs(collate_eval([(np.array([1]), 0, 0, np.array([1]))]))["item_emb"]
+        return self.tables["item_emb"].float().cpu()
 
     def item_encoder(self) -> EncodedItems:
         """The trained MIRM, as the item side that embeds with it: the task's own when trained end to end; in the
@@ -174,7 +176,7 @@ class LiveModel:
             batch = task.transfer_batch_to_device(batch, self.device, 0)
             with self.trainer.precision_plugin.forward_context():
                 embedded = task.item_adapter(items.encode(batch).float())
-            # Content scoring is the cosine (MolarModule._rank_inputs normalises the item table the same way).
+            # Content scoring is the cosine (MolarModule.item_tables normalises the catalogue the same way).
             embedded = torch.nn.functional.normalize(embedded.float(), dim=-1).cpu()
             rows = rows if rows is not None else torch.zeros(len(catalog), embedded.shape[-1])
             rows[batch.item_ids.cpu() - 1] = embedded

@@ -24,6 +24,7 @@ from molar_lightning.serving.export import EXPORT_FORMAT, MANIFEST
 from molar_lightning.serving.live_model import LiveModel, ServingError
 from molar_lightning.serving.options import flag, parse_options, usage
 from molar_lightning.serving.search import IndexKind, build_search
+from molar_lightning.user_error import MissingInputError
 
 MAX_K = 1000
 REQUEST_KEYS = ("user", "history", "k", "include_seen")
@@ -150,8 +151,28 @@ OPTIONS = {
 }
 
 
+def read_requests(source: str) -> list[Any]:
+    """The JSON requests of a file (``-``: standard input), one per line; a line that is not JSON is refused by
+    number before any is answered."""
+    if source != "-" and not Path(source).is_file():
+        raise MissingInputError(f"--requests {source} does not exist; it holds one JSON request per line")
+    handle = sys.stdin if source == "-" else open(source, encoding="utf-8")
+    requests = []
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                requests.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ServingError(f"--requests {source}:{number}: not valid JSON ({error})") from None
+    return requests
+
+
 def requests_of(options: dict[str, str]) -> list[Any]:
     """The requests that ``molar recommend``'s options describe."""
+    if "k" in options and not options["k"].isdigit():
+        raise ServingError(f"--k takes a number of items, got {options['k']!r}")
     common = {"k": int(options["k"])} if "k" in options else {}
     if "include_seen" in options:
         common["include_seen"] = flag(options["include_seen"], "include_seen")
@@ -160,11 +181,12 @@ def requests_of(options: dict[str, str]) -> list[Any]:
     if "history" in options:
         return [{"history": [item for item in options["history"].split(",") if item], **common}]
     if "request" in options:
-        return [json.loads(options["request"])]
+        try:
+            return [json.loads(options["request"])]
+        except json.JSONDecodeError as error:
+            raise ServingError(f"--request is not valid JSON ({error})") from None
     if "requests" in options:
-        handle = sys.stdin if options["requests"] == "-" else open(options["requests"], encoding="utf-8")
-        with handle:
-            return [json.loads(line) for line in handle if line.strip()]
+        return read_requests(options["requests"])
     raise ServingError("molar recommend needs one of --user, --history, --request or --requests")
 
 
@@ -180,10 +202,7 @@ def main(args: list[str]) -> None:
     if "export" not in options:
         raise ServingError(f"molar recommend needs --export\n"
                            f"{usage('molar recommend [options]', DESCRIPTION, OPTIONS)}")
-    try:
-        requests = requests_of(options)
-    except json.JSONDecodeError as error:
-        raise ServingError(f"a request is not valid JSON: {error}") from None
+    requests = requests_of(options)
     needs_model = any(isinstance(request, dict) and "history" in request for request in requests)
     recommender = Recommender(options["export"], options.get("index", "exact"), histories=needs_model)
     for request in requests:

@@ -93,3 +93,12 @@ def test_the_command_answers_json_lines(sasrec_export, tmp_path, capsys) -> None
     with pytest.raises(SystemExit) as exited:
         main(["recommend", "--export", str(tmp_path), "--user", "1"])
     assert exited.value.code == 2 and "is not an export" in capsys.readouterr().err
+    requests.write_text('{"user": "1"}\n{"user": \n')
+    for args, message in [(["--requests", str(requests)], f"--requests {requests}:2: not valid JSON"),
+                          (["--requests", str(tmp_path / "none.jsonl")], "none.jsonl does not exist"),
+                          (["--request", "{user: 1}"], "--request is not valid JSON"),
+                          (["--user", "1", "--k", "five"], "--k takes a number of items, got 'five'"),
+                          (["--user", "1", "--topk", "5"], "unknown option '--topk'")]:
+        with pytest.raises(SystemExit):
+            main(["recommend", "--export", str(sasrec_export), *args])
+        assert message in capsys.readouterr().err, args

@@ -133,10 +133,16 @@ def main(args: list[str]) -> Optional[ThreadingHTTPServer]:
     options = parse_options(args, OPTIONS)
     if "export" not in options:
         raise UserError(f"molar serve needs --export\n{usage('molar serve [options]', DESCRIPTION, OPTIONS)}")
+    port = options.get("port", "8000")
+    if not port.isdigit() or int(port) > 65535:
+        raise UserError(f"--port takes a port number (0 picks a free one), got {port!r}")
     recommender = Recommender(options["export"], options.get("index", "exact"),
                               histories=flag(options.get("histories", "true"), "histories"))
-    server = make_server(recommender, options.get("host", "127.0.0.1"), int(options.get("port", 8000)),
-                         flag(options.get("verbose", "false"), "verbose"))
+    host = options.get("host", "127.0.0.1")
+    try:
+        server = make_server(recommender, host, int(port), flag(options.get("verbose", "false"), "verbose"))
+    except OSError as error:
+        raise UserError(f"cannot listen on {host}:{port} ({error.strerror}); choose another --port or --host") from None
     host, port = server.server_address[:2]
     print(f"serving {options['export']} on http://{host}:{port}/recommend  (Ctrl-C stops)", file=sys.stderr,
           flush=True)

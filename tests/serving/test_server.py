@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from molar_lightning.commands import main
 from molar_lightning.serving.recommend import Recommender
 from molar_lightning.serving.server import make_server
 
@@ -97,3 +98,11 @@ def test_an_oversized_body_is_refused_unread(served) -> None:
     got, payload = call(server, "POST", "/recommend", raw=b"{}", headers={"Content-Length": str(2 << 20)})
     assert got == 413 and "at most" in payload["error"]
     assert call(server, "GET", "/health")[0] == 200
+
+
+def test_the_command_refuses_a_bad_port_and_one_in_use(served, sasrec_export, capsys) -> None:
+    server, _ = served
+    for port, message in [("http", "--port takes a port number"), (str(server.server_address[1]), "cannot listen")]:
+        with pytest.raises(SystemExit) as exited:
+            main(["serve", "--export", str(sasrec_export), "--histories", "false", "--port", port])
+        assert exited.value.code == 2 and message in capsys.readouterr().err

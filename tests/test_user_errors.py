@@ -72,6 +72,17 @@ def test_fit_with_a_missing_data_directory_is_one_message(tmp_path: Path, capsys
     assert not any("Traceback" in line for line in lines)
 
 
+def test_a_trainer_setting_that_lightning_refuses_is_one_message(ml1m_dir: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:  # two progress bars
+        main(["fit", "--config", str(ROOT / "configs/movielens/sasrec.yaml"), "--data.init_args.data_dir",
+              str(ml1m_dir), "--data.init_args.cache_dir", str(tmp_path),
+              "--trainer.callbacks+=lightning.pytorch.callbacks.RichProgressBar",
+              "--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "error: You added multiple progress bar callbacks to the Trainer" in error and "Traceback" not in error
+
+
 def test_a_user_error_that_jsonargparse_wraps_is_still_one_message(ml1m_dir: Path, tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:  # raised in the DataModule's constructor, inside jsonargparse
         main(["prepare", "--config", str(ROOT / "configs/movielens/sasrec.yaml"), "--data.init_args.data_dir",

@@ -6,7 +6,8 @@ callback ranks every user against all items with :class:`~molar_lightning.metric
 logs ``val/<metric>@K`` and ``test/<metric>@K``, and writes into the run directory (the logger's
 ``log_dir``, else the trainer's ``default_root_dir``) ``validation_history.json`` after every validation
 epoch (under ``molar validate``, one entry: the checkpoint, its epoch and step, and the metrics) and
-``<results_name>.json`` plus ``<results_name>.md`` after test.
+``<results_name>.json`` plus ``<results_name>.md`` after test (with ``cold_targets``, also
+``<results_name>_cold.json``/``.md``: the test users whose held-out item never appeared in training).
 """
 
 import contextlib
@@ -17,11 +18,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
 from molar_lightning.batch import PADDING_USER, EvalBatch
+from molar_lightning.data.sequence_datasets import items_in_training
 from molar_lightning.metrics.ranking import METRIC_NAMES, RankingMetrics
+from molar_lightning.user_error import SettingError
 
 
 class RankingEvaluationCallback(pl.Callback):
@@ -40,6 +44,10 @@ class RankingEvaluationCallback(pl.Callback):
         exclude_history: Leave each user's earlier items out of the ranking (the target itself stays).
         item_chunk_size: Items scored per matmul; memory is ``O(batch_size * item_chunk_size)``.
         results_name: Stem of the test results files, ``<results_name>.json`` and ``<results_name>.md``.
+        cold_targets: Also report the test users whose held-out item never appeared in training (a cold
+            item, e.g. one added late to the catalogue), ranked the same way, as ``test/cold/<metric>@K`` and
+            ``<results_name>_cold.json``/``.md``; items count as seen in training when they occur in some
+            user's training part (every item but the two held out).
     """
 
     def __init__(
@@ -48,9 +56,12 @@ class RankingEvaluationCallback(pl.Callback):
         exclude_history: bool = True,
         item_chunk_size: int = 32768,
         results_name: str = "results",
+        cold_targets: bool = False,
     ) -> None:
         self.val_metrics = RankingMetrics(ks, exclude_history, item_chunk_size)
         self.test_metrics = RankingMetrics(ks, exclude_history, item_chunk_size)
+        self.cold_metrics = RankingMetrics(ks, exclude_history, item_chunk_size) if cold_targets else None
+        self.seen_in_training: Optional[torch.Tensor] = None  # [N + 1], with cold_targets, from the data
         self.results_name = results_name
         self.validation_history: list[dict[str, float]] = []
         self.loaded_position: Optional[dict[str, Any]] = None  # epoch and step of the checkpoint loaded, if any
@@ -60,9 +71,16 @@ class RankingEvaluationCallback(pl.Callback):
         # CPU here; the strategy's root device is already the one the module will be on.
         # reset() gives each process its own state tensors: under ddp_spawn the callback reaches the workers
         # through torch.multiprocessing, which would otherwise leave every rank summing into one shared tensor.
-        for metric in (self.val_metrics, self.test_metrics):
-            metric.reset()
-            metric.to(trainer.strategy.root_device)
+        for metric in (self.val_metrics, self.test_metrics, self.cold_metrics):
+            if metric is not None:
+                metric.reset()
+                metric.to(trainer.strategy.root_device)
+        if self.cold_metrics is not None and stage == "test":
+            dataset = getattr(trainer.datamodule, "dataset", None)
+            if not hasattr(dataset, "flat_sequences"):
+                raise SettingError("evaluation.cold_targets needs a sequential DataModule (MovieLens, Amazon, "
+                                   "PixelRec), whose training part says which items are cold; set it to false")
+            self.seen_in_training = torch.from_numpy(items_in_training(*dataset.flat_sequences, dataset.num_items))
 
     def on_validation_batch_end(
         self,
@@ -86,6 +104,9 @@ class RankingEvaluationCallback(pl.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         _update(self.test_metrics, outputs, batch)
+        if self.cold_metrics is not None and isinstance(batch, EvalBatch):
+            cold = ~self.seen_in_training.to(batch.target.device)[batch.target]
+            _update(self.cold_metrics, outputs, batch, cold)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -109,6 +130,13 @@ class RankingEvaluationCallback(pl.Callback):
             return
         _write_in_run_dir(trainer, f"{self.results_name}.json", json.dumps(values, indent=2))
         _write_in_run_dir(trainer, f"{self.results_name}.md", _markdown_table(values, self.test_metrics.ks))
+        if self.cold_metrics is None:
+            return
+        cold = _compute_and_log(self.cold_metrics, pl_module, "test/cold")
+        cold = cold if cold is not None else {"users": 0}  # no test target was cold: said, not left out
+        _write_in_run_dir(trainer, f"{self.results_name}_cold.json", json.dumps(cold, indent=2))
+        _write_in_run_dir(trainer, f"{self.results_name}_cold.md",
+                          _markdown_table(cold, self.test_metrics.ks) if cold["users"] else "No cold test target.\n")
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -122,9 +150,9 @@ class RankingEvaluationCallback(pl.Callback):
         self.validation_history = list(state_dict["validation_history"])
 
 
-def _update(metric: RankingMetrics, outputs: Any, batch: Any) -> None:
-    """Feed one ranking batch (an EvalBatch) to the metric; other batches (MIRM alignment validates on its own
-    loss) are not ranking batches and are ignored."""
+def _update(metric: RankingMetrics, outputs: Any, batch: Any, rows: Optional[torch.Tensor] = None) -> None:
+    """Feed one ranking batch (an EvalBatch; only ``rows [B]`` of it if given) to the metric; other batches (MIRM
+    alignment validates on its own loss) are not ranking batches and are ignored."""
     if not isinstance(batch, EvalBatch):
         return
     if not (isinstance(outputs, Mapping) and "user_emb" in outputs and "item_emb" in outputs):
@@ -134,6 +162,8 @@ def _update(metric: RankingMetrics, outputs: Any, batch: Any) -> None:
         )
         return
     counted = batch.user_ids != PADDING_USER  # an even shard's repeated row (data/even_shards.py)
+    if rows is not None:
+        counted &= rows
     metric.update(outputs["user_emb"][counted], outputs["item_emb"], batch.target[counted], batch.history[counted])
 
 

@@ -73,6 +73,20 @@ class TrainWindowDataset(Dataset):
         return self.items[start:end], self.items[start + 1:end + 1], int(self.users[index]), positive
 
 
+def items_in_training(offsets: np.ndarray, items: np.ndarray, num_items: int) -> np.ndarray:
+    """``[N + 1]`` booleans: whether each item occurs in some user's training part (all but the items that
+    validation and test hold out), so that a held-out item that is False never appeared in training (a cold
+    item); row 0, the padding id, is False."""
+    lengths = np.diff(offsets)
+    training_end = offsets[1:] - np.minimum(lengths, HELD_OUT["valid"])
+    user_of_position = np.repeat(np.arange(len(lengths)), lengths)
+    in_training = np.arange(len(items)) < training_end[user_of_position]
+    seen = np.zeros(num_items + 1, dtype=bool)
+    seen[items[in_training]] = True
+    seen[0] = False
+    return seen
+
+
 class LeaveOneOutDataset(Dataset):
     """One row per user: the history before the held-out item, and that item.
 

@@ -2,9 +2,12 @@
 
 Found by globbing, so a config is covered the day it is added. Each runs as written, with tiny substitutes
 for what cannot be had here: the raw fixtures for the data, a tiny random-weight Qwen2-VL for every
-``backbone``, seeded random features for an embedding cache, an ID-model checkpoint trained by that data set's
-own ID config for ``encoder_checkpoint``, and two training steps. Trainer configs compose with an experiment
-and run on CPU processes in a subprocess, as a user would launch them.
+``backbone`` (and its width for the item width an end-to-end config states for the real MIRM), seeded random
+features for an embedding cache, an ID-model checkpoint trained by that data set's own ID config for
+``encoder_checkpoint``, and two training steps. A variant (a YAML without a data section, such as the cached
+Molar rows' ``molar_cached.yaml``) runs composed after every end-to-end config of its folder, as ``--config
+X.yaml --config <variant>.yaml``. Trainer configs compose with an experiment and run on CPU processes in a
+subprocess, as a user would launch them.
 """
 
 import json
@@ -14,7 +17,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import pytest
 import torch
@@ -28,8 +31,27 @@ from molar_lightning.models.tiny import build_qwen_tokenizer, build_tiny_backbon
 
 ROOT = Path(__file__).parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
-EXPERIMENTS = sorted(path for path in (ROOT / "configs").glob("*/*.yaml") if path.parent.name != "trainer")
+CONFIGS = sorted(path for path in (ROOT / "configs").glob("*/*.yaml") if path.parent.name != "trainer")
+VARIANTS = [path for path in CONFIGS if "data" not in yaml.safe_load(path.read_text())]
+EXPERIMENTS = [path for path in CONFIGS if path not in VARIANTS]
+# Each variant after every end-to-end config (a MIRM in item_encoder) of its folder.
+VARIANT_RUNS = [(base, variant) for variant in VARIANTS for base in EXPERIMENTS if base.parent == variant.parent
+                and (yaml.safe_load(base.read_text())["model"].get("init_args") or {}).get("item_encoder")]
 TRAINER_CONFIGS = sorted((ROOT / "configs" / "trainer").glob("*.yaml"))
+# Rows whose code path a fast row already runs go with the slow tests (`make test-slow`): Amazon's and
+# PixelRec's other ID models (their SASRec rows run the data, the MovieLens rows the models), and end to end
+# the Table 4 and CoLLM rows (molar.yaml runs the end-to-end path; their cached variants run fast).
+SLOW_ROWS = {"amazon/fpmc", "amazon/gru4rec", "amazon/duorec", "pixelrec/fpmc", "pixelrec/gru4rec", "pixelrec/duorec",
+             "movielens/molar_fpmc", "movielens/molar_gru4rec", "movielens/molar_duorec", "movielens/collm"}
+
+
+def row(path: Path) -> str:
+    return f"{path.parent.name}/{path.stem}"
+
+
+def marked(paths: list[Path], slow: set[str]) -> list[Any]:
+    """``paths`` as pytest parameters, those named in ``slow`` marked slow."""
+    return [pytest.param(path, marks=pytest.mark.slow) if row(path) in slow else path for path in paths]
 TINY_HIDDEN = 64  # configs/quickstart/molar.yaml's item_adapter expects the quickstart's 64-wide tiny MIRM
 FAST_TRAINER = {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1, "limit_test_batches": 1,
                 "limit_predict_batches": 1, "enable_model_summary": False}
@@ -38,8 +60,10 @@ DATA_FOLDERS = {"MovieLens": FIXTURES / "movielens" / "ml-1m", "PixelRec": FIXTU
 
 
 def test_every_yaml_is_found() -> None:
-    """No YAML hides deeper than ``configs/<group>/``, where the globs above would miss it."""
-    assert sorted((ROOT / "configs").rglob("*.yaml")) == sorted(EXPERIMENTS + TRAINER_CONFIGS)
+    """No YAML hides deeper than ``configs/<group>/``, where the globs above would miss it, and every variant
+    has an end-to-end config to run after."""
+    assert sorted((ROOT / "configs").rglob("*.yaml")) == sorted(CONFIGS + TRAINER_CONFIGS)
+    assert {variant for _, variant in VARIANT_RUNS} == set(VARIANTS)
 
 
 @pytest.fixture(scope="session")
@@ -105,6 +129,20 @@ def fake_cache(paths: Any, width: int, num_items: int, work: Path) -> Any:
     return written if isinstance(paths, list) else written[0]
 
 
+def tiny_item_width(model_args: dict) -> None:
+    """End to end the items are the tiny MIRM's ``TINY_HIDDEN`` wide: the width a config states for its real
+    MIRM (DUEG's ``input_size``, and the post-alignment projection's output where it equals it) becomes that.
+    Only that value is replaced, so a config whose stated widths disagree still fails."""
+    user = model_args["user_encoder"].setdefault("init_args", {})
+    width = user.get("input_size")
+    if width is None or model_args.get("item_adapter"):  # DUEG takes the backbone's width, or the adapter's
+        return
+    user["input_size"] = TINY_HIDDEN
+    projection = (model_args.get("align_projection") or {}).get("init_args", {})
+    if projection.get("out_features") == width:
+        projection["out_features"] = TINY_HIDDEN
+
+
 def tiny_experiment(config: Path, work: Path, tiny: Path) -> Path:
     """``config`` with tiny substitutes, written as ``work/config.yaml``, runs into ``work/run``."""
     experiment = yaml.safe_load(config.read_text())
@@ -114,6 +152,8 @@ def tiny_experiment(config: Path, work: Path, tiny: Path) -> Path:
     for node in nodes(experiment["model"]):
         if isinstance(node.get("backbone"), str):
             node["backbone"] = str(tiny)
+    if model_args.get("item_encoder"):
+        tiny_item_width(model_args)
     if "export_dir" in model_args or short_name(experiment["model"]["class_path"]) == "MIRMAlignmentModule":
         model_args["export_dir"] = str(work / "mirm_encoder")
     # Cached-mode content rows read an embedding cache, named in the config or (quickstart) on the command line.
@@ -129,14 +169,46 @@ def tiny_experiment(config: Path, work: Path, tiny: Path) -> Path:
     return written
 
 
-def run_experiment(config: Path, work: Path, tiny: Path) -> Path:
-    """Fit ``config`` with tiny substitutes into ``work``; returns its best checkpoint."""
-    main(["fit", "--config", str(tiny_experiment(config, work, tiny))])
+def tiny_variant(variant: Path, work: Path) -> Path:
+    """``variant`` with tiny substitutes for composing after ``work/config.yaml`` (:func:`tiny_experiment`),
+    written as ``work/variant.yaml``: where it turns the cached mode on (``item_encoder: null``), random
+    features of that experiment's item width for ``item_embeddings``, named there or (quickstart) not."""
+    layer = yaml.safe_load(variant.read_text())
+    model_args = layer["model"].setdefault("init_args", {})
+    if "item_encoder" in model_args and model_args["item_encoder"] is None:
+        experiment = yaml.safe_load((work / "config.yaml").read_text())
+        model_args["item_embeddings"] = fake_cache(model_args.get("item_embeddings", "cache"),
+                                                   item_width(experiment["model"]["init_args"]),
+                                                   num_items(experiment["data"]), work)
+    written = work / "variant.yaml"
+    written.write_text(yaml.safe_dump(layer))
+    return written
+
+
+def run_experiment(config: Path, work: Path, tiny: Path, variant: Optional[Path] = None) -> Path:
+    """Fit ``config``, and ``variant`` composed after it, with tiny substitutes into ``work``; returns its best
+    checkpoint."""
+    configs = ["--config", str(tiny_experiment(config, work, tiny))]
+    if variant is not None:
+        configs += ["--config", str(tiny_variant(variant, work))]
+    main(["fit", *configs])
     (best,) = (work / "run").rglob("best-*.ckpt")
     return best
 
 
-@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda path: f"{path.parent.name}/{path.stem}")
+def check_test_and_predict(configs: list[str], best: Path, work: Path) -> None:
+    """``molar test`` and ``molar predict`` of ``best`` under ``configs``: finite metrics, recommendations."""
+    for command in ("test", "predict"):
+        top_k = [] if command == "test" else ["--model.init_args.top_k=5"]  # the fixtures have 10 items
+        main([command, *configs, "--ckpt_path", str(best), f"--trainer.default_root_dir={work / command}", *top_k])
+    (results,) = (work / "test").rglob("results.json")
+    metrics = json.loads(results.read_text())
+    assert math.isfinite(metrics["ndcg@10"]) and 0 <= metrics["recall@50"] <= 1
+    (written,) = (work / "predict").rglob("recommendations.jsonl")
+    assert written.read_text().strip()
+
+
+@pytest.mark.parametrize("config", marked(EXPERIMENTS, SLOW_ROWS), ids=row)
 def test_experiment_runs_fit_test_predict(config: Path, tiny_backbone: Path, tmp_path: Path) -> None:
     best = run_experiment(config, tmp_path, tiny_backbone)
     alignment = yaml.safe_load(config.read_text())["model"]["class_path"].endswith("MIRMAlignmentModule")
@@ -147,15 +219,21 @@ def test_experiment_runs_fit_test_predict(config: Path, tiny_backbone: Path, tmp
               f"--model.init_args.encoder.init_args.backbone={tmp_path / 'mirm_encoder'}"])
         assert list((tmp_path / "embeddings").rglob("embeddings.safetensors"))
         return
-    for command in ("test", "predict"):
-        top_k = [] if command == "test" else ["--model.init_args.top_k=5"]  # the fixtures have 10 items
-        main([command, "--config", str(tmp_path / "config.yaml"), "--ckpt_path", str(best),
-              f"--trainer.default_root_dir={tmp_path / command}", *top_k])
-    (results,) = (tmp_path / "test").rglob("results.json")
-    metrics = json.loads(results.read_text())
-    assert math.isfinite(metrics["ndcg@10"]) and 0 <= metrics["recall@50"] <= 1
-    (written,) = (tmp_path / "predict").rglob("recommendations.jsonl")
-    assert written.read_text().strip()
+    check_test_and_predict(["--config", str(tmp_path / "config.yaml")], best, tmp_path)
+
+
+@pytest.mark.parametrize(("config", "variant"), VARIANT_RUNS, ids=row)
+def test_variant_runs_after_its_experiments(config: Path, variant: Path, tiny_backbone: Path, tmp_path: Path) -> None:
+    """The cached variant turns an end-to-end row into its cached twin: the run records the MIRM gone, the cache
+    in its place and the row's own ID model, and trains, tests and predicts."""
+    best = run_experiment(config, tmp_path, tiny_backbone, variant)
+    (recorded,) = (tmp_path / "run").rglob("config.yaml")
+    model_args = yaml.safe_load(recorded.read_text())["model"]["init_args"]
+    assert model_args["item_encoder"] is None and Path(model_args["item_embeddings"]).is_file()
+    row_encoder = yaml.safe_load(config.read_text())["model"]["init_args"]["encoder"]
+    assert (model_args["encoder"] or {}).get("class_path") == (row_encoder or {}).get("class_path")
+    check_test_and_predict(["--config", str(tmp_path / "config.yaml"), "--config", str(tmp_path / "variant.yaml")],
+                           best, tmp_path)
 
 
 def free_port() -> int:
@@ -169,7 +247,8 @@ def molar(args: list[str], env: dict[str, str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-# What each trainer config needs to run here: CPU processes instead of GPUs (2 in all), gloo for NCCL.
+# What each trainer config needs to run here: CPU processes instead of GPUs (2 in all), gloo for NCCL, and for
+# FSDP2 a 2-process mesh in float32.
 ON_CPU = {"cpu": [], "ddp": ["--trainer.accelerator=cpu", "--trainer.devices=2"],
           "multinode": ["--trainer.accelerator=cpu", "--trainer.devices=1"],
           "fsdp": ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.precision=32-true",
@@ -177,23 +256,22 @@ ON_CPU = {"cpu": [], "ddp": ["--trainer.accelerator=cpu", "--trainer.devices=2"]
                    "--trainer.strategy.init_args.process_group_backend=gloo"],
           "fsdp_cpu": []}
 PROCESSES = {"cpu": 1, "ddp": 2, "multinode": 2, "fsdp": 2, "fsdp_cpu": 2}
-# FSDP shards language models: its configs compose with an end-to-end task (a tiny MIRM and DUEG), the others
-# with SASRec.
-EXPERIMENT_FOR = {"fsdp": "hllm", "fsdp_cpu": "hllm"}
+# FSDP shards language models only, so an ID-only task cannot use it: the FSDP configs run the end-to-end HLLM
+# row (item and user LLM, tiny here), the others SASRec.
+EXPERIMENT = {"fsdp": "hllm", "fsdp_cpu": "hllm"}
 
 
 # fsdp.yaml on CPU is fsdp_cpu.yaml with its GPU values overridden: the same path, run with the slow tests.
-@pytest.mark.parametrize("config", [pytest.param(path, marks=pytest.mark.slow) if path.stem == "fsdp" else path
-                                    for path in TRAINER_CONFIGS], ids=lambda path: path.stem)
+@pytest.mark.parametrize("config", marked(TRAINER_CONFIGS, {"trainer/fsdp"}), ids=lambda path: path.stem)
 def test_trainer_config_runs(config: Path, tiny_backbone: Path, tmp_path: Path) -> None:
-    """Each trainer config composed with SASRec (FSDP: the end-to-end HLLM row) on MovieLens: fit, test of the best
+    """Each trainer config composed with an experiment on MovieLens (:data:`EXPERIMENT`): fit, test of the best
     checkpoint, results written.
 
     ``multinode`` runs as 2 nodes of 1 process on this machine, launched the way torchrun or SLURM would
     (``NODE_RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR/PORT`` in each process's environment).
     """
-    experiment = tiny_experiment(ROOT / "configs" / "movielens" / f"{EXPERIMENT_FOR.get(config.stem, 'sasrec')}.yaml",
-                                 tmp_path, tiny_backbone)
+    row = EXPERIMENT.get(config.stem, "sasrec")
+    experiment = tiny_experiment(ROOT / "configs" / "movielens" / f"{row}.yaml", tmp_path, tiny_backbone)
     args = ["fit", "--config", str(experiment), "--config", str(config), *ON_CPU[config.stem],
             "--trainer.enable_progress_bar=false"]
     rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}

@@ -1,10 +1,13 @@
-"""`molar quickstart --smoke`: every stage runs, and the report holds finite metrics, a real PNG and the runs."""
+"""`molar quickstart --smoke`: every stage runs, Molar both cached and end to end, and the report holds finite
+metrics, a real PNG and the runs."""
 
 import math
 import re
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from PIL import Image
 
 from molar_lightning.commands import main
@@ -44,14 +47,26 @@ def test_smoke_quickstart_writes_the_report(tmp_path: Path, capsys, monkeypatch)
     assert report in capsys.readouterr().out
     rows = {line.split(" | ")[0].lstrip("| "): line for line in report.splitlines()
             if line.startswith("| ") and line.count("|") == len(METRICS) + 3}  # the results table, not the timings
-    for model in ("SASRec", "DUEG w/o CL", "Molar"):
+    assert list(rows) == ["model", "SASRec", "DUEG w/o CL (cached)", "Molar (cached)", "Molar (end to end)"]
+    for model in list(rows)[1:]:
         values = [float(value) for value in re.findall(r"\| (\d\.\d{4}) ", rows[model])]
         assert len(values) == len(METRICS) and all(math.isfinite(v) and 0 <= v <= 1 for v in values), rows[model]
-    assert re.search(r"Molar (beats|does NOT beat) SASRec by [+-]\d+\.\d% NDCG@10", report)
+    for mode in ("end to end", "cached"):
+        assert re.search(rf"Molar {mode} (beats|does NOT beat) SASRec \([+-]\d+\.\d% NDCG@10\)", report), mode
     with Image.open(out / "validation_ndcg.png") as plot:
         assert plot.format == "PNG"
     for folder in re.findall(r"- [^:]+: `([^`]+)`", report):
         assert Path(folder).is_dir(), folder
-    for stage in ("sasrec", "dueg", "molar"):
+    for stage in ("sasrec", "dueg", "molar_cached", "molar"):
         assert list((out / stage).rglob("best-*.ckpt")), stage
     assert (out / "mirm_encoder" / "config.json").is_file()
+    # The end-to-end run fine-tuned the aligned MIRM; the cached ones read the cache and never held one.
+    recorded = {stage: yaml.safe_load(next((out / stage).rglob("config.yaml")).read_text())["model"]["init_args"]
+                for stage in ("dueg", "molar_cached", "molar")}
+    assert recorded["molar"]["item_encoder"]["init_args"]["backbone"] == str(out / "mirm_encoder")
+    assert recorded["molar"]["item_embeddings"] is None
+    for stage in ("dueg", "molar_cached"):
+        assert recorded[stage]["item_encoder"] is None and recorded[stage]["item_embeddings"], stage
+    weights = {stage: torch.load(next((out / stage).rglob("best-*.ckpt")), map_location="cpu",
+                                 weights_only=True)["state_dict"] for stage in ("molar_cached", "molar")}
+    assert set(weights["molar"]) > set(weights["molar_cached"])  # and the MIRM's trained weights besides

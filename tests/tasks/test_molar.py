@@ -434,7 +434,8 @@ def test_shipped_molar_config_fits_tests_and_reloads_from_its_checkpoint(ml1m_di
     pretrained = SASRec(10, max_seq_len=6)
     torch.save({"state_dict": {f"encoder.{k}": v for k, v in pretrained.state_dict().items()}}, tmp_path / "id.ckpt")
     dueg = "--model.init_args.user_encoder.init_args."
-    main(["fit", "--config", str(Path(__file__).parents[2] / "configs/movielens/molar.yaml"),
+    configs = Path(__file__).parents[2] / "configs" / "movielens"
+    main(["fit", "--config", str(configs / "molar.yaml"), "--config", str(configs / "molar_cached.yaml"),
           f"{dueg}backbone", str(tiny_qwen2_dir), f"{dueg}input_size", str(WIDTH),
           f"{dueg}gradient_checkpointing", "false",
           "--model.init_args.align_projection.init_args.out_features", str(WIDTH),  # the config's 1536: Qwen2-VL-2B

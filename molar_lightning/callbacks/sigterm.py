@@ -9,6 +9,7 @@ so ``molar fit ... && next-step`` stops. A fit that ends normally removes the fi
 
 import os
 import shutil
+
 import lightning.pytorch as pl
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info

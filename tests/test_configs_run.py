@@ -38,11 +38,17 @@ EXPERIMENTS = [path for path in CONFIGS if path not in VARIANTS]
 VARIANT_RUNS = [(base, variant) for variant in VARIANTS for base in EXPERIMENTS if base.parent == variant.parent
                 and (yaml.safe_load(base.read_text())["model"].get("init_args") or {}).get("item_encoder")]
 TRAINER_CONFIGS = sorted((ROOT / "configs" / "trainer").glob("*.yaml"))
-# Rows whose code path a fast row already runs go with the slow tests (`make test-slow`): Amazon's and
-# PixelRec's other ID models (their SASRec rows run the data, the MovieLens rows the models), and end to end
-# the Table 4 and CoLLM rows (molar.yaml runs the end-to-end path; their cached variants run fast).
+# Rows whose code path a fast test already runs go with the slow tests (`make test-slow`): Amazon's and
+# PixelRec's other ID models (their SASRec rows run the data, the MovieLens rows the models); end to end the
+# Table 4 and CoLLM rows (molar.yaml runs the end-to-end path); the quickstart's MIRM and Molar configs (the
+# smoke quickstart runs them); the cached variant after rows other than molar.yaml and the quickstart's (the
+# same variant, another row); FSDP on CPU composed with HLLM (tests/test_fsdp.py trains end-to-end Molar
+# through fsdp_cpu.yaml) and fsdp.yaml (fsdp_cpu.yaml with its GPU values overridden).
 SLOW_ROWS = {"amazon/fpmc", "amazon/gru4rec", "amazon/duorec", "pixelrec/fpmc", "pixelrec/gru4rec", "pixelrec/duorec",
-             "movielens/molar_fpmc", "movielens/molar_gru4rec", "movielens/molar_duorec", "movielens/collm"}
+             "movielens/molar_fpmc", "movielens/molar_gru4rec", "movielens/molar_duorec", "movielens/collm",
+             "quickstart/mirm_align", "quickstart/molar"}
+FAST_VARIANT_ROWS = {"movielens/molar", "quickstart/molar"}
+SLOW_TRAINER_CONFIGS = {"trainer/fsdp", "trainer/fsdp_cpu"}
 
 
 def row(path: Path) -> str:
@@ -52,6 +58,12 @@ def row(path: Path) -> str:
 def marked(paths: list[Path], slow: set[str]) -> list[Any]:
     """``paths`` as pytest parameters, those named in ``slow`` marked slow."""
     return [pytest.param(path, marks=pytest.mark.slow) if row(path) in slow else path for path in paths]
+
+
+def marked_variant_runs() -> list[Any]:
+    """:data:`VARIANT_RUNS` as pytest parameters, slow after rows outside :data:`FAST_VARIANT_ROWS`."""
+    return [pytest.param(base, variant, marks=() if row(base) in FAST_VARIANT_ROWS else pytest.mark.slow)
+            for base, variant in VARIANT_RUNS]
 TINY_HIDDEN = 64  # configs/quickstart/molar.yaml's item_adapter expects the quickstart's 64-wide tiny MIRM
 FAST_TRAINER = {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1, "limit_test_batches": 1,
                 "limit_predict_batches": 1, "enable_model_summary": False}
@@ -222,7 +234,7 @@ def test_experiment_runs_fit_test_predict(config: Path, tiny_backbone: Path, tmp
     check_test_and_predict(["--config", str(tmp_path / "config.yaml")], best, tmp_path)
 
 
-@pytest.mark.parametrize(("config", "variant"), VARIANT_RUNS, ids=row)
+@pytest.mark.parametrize(("config", "variant"), marked_variant_runs(), ids=row)
 def test_variant_runs_after_its_experiments(config: Path, variant: Path, tiny_backbone: Path, tmp_path: Path) -> None:
     """The cached variant turns an end-to-end row into its cached twin: the run records the MIRM gone, the cache
     in its place and the row's own ID model, and trains, tests and predicts."""
@@ -261,8 +273,7 @@ PROCESSES = {"cpu": 1, "ddp": 2, "multinode": 2, "fsdp": 2, "fsdp_cpu": 2}
 EXPERIMENT = {"fsdp": "hllm", "fsdp_cpu": "hllm"}
 
 
-# fsdp.yaml on CPU is fsdp_cpu.yaml with its GPU values overridden: the same path, run with the slow tests.
-@pytest.mark.parametrize("config", marked(TRAINER_CONFIGS, {"trainer/fsdp"}), ids=lambda path: path.stem)
+@pytest.mark.parametrize("config", marked(TRAINER_CONFIGS, SLOW_TRAINER_CONFIGS), ids=lambda path: path.stem)
 def test_trainer_config_runs(config: Path, tiny_backbone: Path, tmp_path: Path) -> None:
     """Each trainer config composed with an experiment on MovieLens (:data:`EXPERIMENT`): fit, test of the best
     checkpoint, results written.

@@ -115,6 +115,7 @@ def test_a_sharded_checkpoint_resumes_to_the_uninterrupted_run(fsdp_run: Path, t
     torch.testing.assert_close(resumed["val/ndcg@10"][-1], uninterrupted["val/ndcg@10"][-1], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # a 2-process launch (~30 s); `make test-slow`
 def test_two_sharded_processes_rank_as_one_process(tiny_backbone: Path, tmp_path: Path) -> None:
     """``molar validate`` of the same (seeded) untrained model: the catalog embedded a share per process and
     gathered, users in even shards, gives the figures of one process to float tolerance."""

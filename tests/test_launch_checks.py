@@ -52,10 +52,12 @@ def test_end_to_end_molar_without_item_contents_is_refused(capsys) -> None:
 
 def test_the_item_inputs_callback_appended_on_the_command_line_counts(capsys) -> None:
     """``--trainer.callbacks+=...ItemInputsCallback`` is a valid way to add it: the check passes (what fails next
-    here is building the hub MIRM, which cannot be downloaded)."""
+    here is building the MIRM from a backbone folder that is not there)."""
+    absent = ["--model.init_args.item_encoder.init_args.backbone=/nonexistent/mirm",
+              "--model.init_args.user_encoder.init_args.backbone=/nonexistent/dueg"]
     with pytest.raises(Exception) as raised:
         main(["fit", "--config", str(ROOT / "configs/movielens/hllm.yaml"), "--trainer.callbacks", "[]",
               "--trainer.callbacks+=molar_lightning.callbacks.item_inputs.ItemInputsCallback", *NO_DATA,
-              "--trainer.logger=false"])
+              "--trainer.logger=false", *absent])
     assert "needs the items' contents" not in capsys.readouterr().err
     assert not isinstance(raised.value, SystemExit)

@@ -36,7 +36,8 @@ def test_prepare_with_a_missing_data_directory_prints_one_message(tmp_path: Path
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
-@pytest.mark.parametrize("debug", [["--debug"], []], ids=["--debug", "MOLAR_DEBUG=1"])
+@pytest.mark.parametrize("debug", [["--debug"], pytest.param([], marks=pytest.mark.slow)],  # a subprocess each
+                         ids=["--debug", "MOLAR_DEBUG=1"])
 def test_debug_shows_the_traceback(debug: list[str], tmp_path: Path) -> None:
     result = molar("prepare", *debug, "--config", str(tmp_path / "missing.yaml"),
                    env=None if debug else {"MOLAR_DEBUG": "1"})

@@ -43,12 +43,13 @@ TRAINER_CONFIGS = sorted((ROOT / "configs" / "trainer").glob("*.yaml"))
 # Table 4 and CoLLM rows (molar.yaml runs the end-to-end path); the quickstart's MIRM and Molar configs (the
 # smoke quickstart runs them); the cached variant after rows other than molar.yaml and the quickstart's (the
 # same variant, another row); FSDP on CPU composed with HLLM (tests/test_fsdp.py trains end-to-end Molar
-# through fsdp_cpu.yaml) and fsdp.yaml (fsdp_cpu.yaml with its GPU values overridden).
+# through fsdp_cpu.yaml), fsdp.yaml (fsdp_cpu.yaml with its GPU values overridden) and cpu.yaml (one CPU
+# process, as every experiment row runs).
 SLOW_ROWS = {"amazon/fpmc", "amazon/gru4rec", "amazon/duorec", "pixelrec/fpmc", "pixelrec/gru4rec", "pixelrec/duorec",
              "movielens/molar_fpmc", "movielens/molar_gru4rec", "movielens/molar_duorec", "movielens/collm",
              "quickstart/mirm_align", "quickstart/molar"}
 FAST_VARIANT_ROWS = {"movielens/molar", "quickstart/molar"}
-SLOW_TRAINER_CONFIGS = {"trainer/fsdp", "trainer/fsdp_cpu"}
+SLOW_TRAINER_CONFIGS = {"trainer/fsdp", "trainer/fsdp_cpu", "trainer/cpu"}
 
 
 def row(path: Path) -> str:

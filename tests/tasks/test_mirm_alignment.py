@@ -112,6 +112,7 @@ def test_a_headless_encoder_can_embed_but_not_be_aligned(tiny_bert_dir) -> None:
         module.setup("fit")
 
 
+@pytest.mark.slow  # ~14 s; tests/models/test_mllama.py checks its cross-attention inputs in the fast suite
 def test_llama_vision_aligns_through_its_cross_attention_inputs(data_dir, tiny_mllama_dir, tmp_path):
     """Mllama reads images through cross-attention: alignment batches (several images a row in UB) get the
     masks its processor builds, and the answer loss falls."""

@@ -31,8 +31,10 @@ def line_error(path: Path, line_number: int, line: str, problem: str) -> RawData
 
 
 INT64_RANGE = (-(1 << 63), (1 << 63) - 1)
-INTEGER = re.compile(r"\s*[-+]?[0-9]+\s*")
-DECIMAL = re.compile(r"\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*")
+# ASCII white space only around the number: regex \s also takes separators (\x1c-\x1f) that int() refuses.
+SPACE = r"[ \t\n\r\x0b\x0c]*"
+INTEGER = re.compile(rf"{SPACE}[-+]?[0-9]+{SPACE}")
+DECIMAL = re.compile(rf"{SPACE}[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?{SPACE}")
 
 
 def parse_integer(text: str) -> Optional[int]:

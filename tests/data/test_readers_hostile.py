@@ -82,6 +82,17 @@ def test_a_pixelrec_csv_that_is_not_utf8_is_refused_naming_the_line(file: str, p
         PixelRec(str(pixelrec_dir), show_progress=False).read()
 
 
+def test_a_control_character_in_a_pixelrec_timestamp_is_refused_naming_the_line(pixelrec_dir: Path) -> None:
+    """Found by the 10,000-case fuzz run: regex white space took the separator \\x1e, which int() refuses."""
+    path = pixelrec_dir / "interaction.csv"
+    lines = path.read_text().split("\n")
+    item, user, timestamp = lines[2].split(",")
+    lines[2] = f"{item},{user},\x1e{timestamp}"
+    path.write_text("\n".join(lines))
+    with pytest.raises(RawDataError, match=r"interaction\.csv:3: "):
+        PixelRec(str(pixelrec_dir), show_progress=False).read()
+
+
 def test_a_csv_field_over_the_csv_limit_is_refused_naming_the_line(pixelrec_dir: Path) -> None:
     append(pixelrec_dir / "item_info.csv", "i1,1,1,1,1,1,1,1,t,x," + "d" * 200_000 + "\n", "utf-8")
     with pytest.raises(RawDataError, match=r"item_info\.csv:13: the row cannot be read as CSV \(field larger"):

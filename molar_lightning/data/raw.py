@@ -5,13 +5,14 @@ multi-million-line dump is held as a few numpy arrays, never as millions of Pyth
 """
 
 import hashlib
+import json
 import math
 import os
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Hashable, Optional
+from typing import Hashable, Iterator, Optional
 
 import numpy as np
 
@@ -35,6 +36,19 @@ INT64_RANGE = (-(1 << 63), (1 << 63) - 1)
 SPACE = r"[ \t\n\r\x0b\x0c]*"
 INTEGER = re.compile(rf"{SPACE}[-+]?[0-9]+{SPACE}")
 DECIMAL = re.compile(rf"{SPACE}[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?{SPACE}")
+
+
+def json_lines(path: Path) -> Iterator[tuple[int, str, object]]:
+    """``(line number, line, parsed value)`` of each non-blank line of a small JSON-lines file; a line that is
+    not JSON is refused naming it."""
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise line_error(path, number, line, f"not valid JSON ({error.msg} at column {error.colno})") from None
+        yield number, line, record
 
 
 def parse_integer(text: str) -> Optional[int]:

@@ -8,13 +8,12 @@ exactly as it does for the catalogue, and :func:`~molar_lightning.data.item_inpu
 trained MIRM's inputs for them in the same way (``molar export --items``).
 """
 
-import json
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from molar_lightning.data.catalog import ItemCatalog
-from molar_lightning.data.raw import line_error
+from molar_lightning.data.raw import json_lines, line_error
 from molar_lightning.user_error import MissingInputError, UserError
 
 TEXT_FIELDS = ("title", "description")
@@ -56,13 +55,7 @@ def read_new_items(path: str, known_raw_ids: set[str]) -> list[dict]:
     if not file.is_file():
         raise MissingInputError(f"--items {path} does not exist; it holds one JSON object per new item")
     rows, seen = [], {}
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise line_error(file, number, line, f"not valid JSON ({error.msg} at column {error.colno})") from None
+    for number, line, record in json_lines(file):
         row = _row(file, number, line, record)
         if row["raw_id"] in known_raw_ids:
             raise line_error(file, number, line, f"item {row['raw_id']!r} is already in the catalogue; new items "

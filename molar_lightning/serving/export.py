@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from molar_lightning.data.raw import line_error
+from molar_lightning.data.raw import json_lines, line_error
 from molar_lightning.serving.cold_start import NewItemCatalog, read_new_items
 from molar_lightning.serving.live_model import LiveModel, ServingError
 from molar_lightning.serving.options import flag, split_options, usage
@@ -93,13 +93,7 @@ def read_histories(path: str, item_rows: dict[str, int]) -> tuple[list[str], lis
     if not file.is_file():
         raise MissingInputError(f"--histories {path} does not exist; it holds one JSON object per user")
     ids, histories = [], []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise line_error(file, number, line, f"not valid JSON ({error.msg})") from None
+    for number, line, record in json_lines(file):
         if not (isinstance(record, dict) and isinstance(record.get("id"), (str, int))
                 and isinstance(record.get("items"), list) and record["items"]):
             raise line_error(file, number, line, 'each line must be {"id": <user id>, "items": [<raw item id>, ...]} '

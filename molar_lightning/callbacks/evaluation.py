@@ -7,7 +7,8 @@ logs ``val/<metric>@K`` and ``test/<metric>@K``, and writes into the run directo
 ``log_dir``, else the trainer's ``default_root_dir``) ``validation_history.json`` after every validation
 epoch (under ``molar validate``, one entry: the checkpoint, its epoch and step, and the metrics) and
 ``<results_name>.json`` plus ``<results_name>.md`` after test (with ``cold_targets``, also
-``<results_name>_cold.json``/``.md``: the test users whose held-out item never appeared in training).
+``<results_name>_cold.json``/``.md``: the test users whose held-out item never appeared in training; with
+``per_user``, also ``<results_name>_per_user.csv``: every test user's metrics, for paired tests between runs).
 """
 
 import contextlib
@@ -48,6 +49,9 @@ class RankingEvaluationCallback(pl.Callback):
             item, e.g. one added late to the catalogue), ranked the same way, as ``test/cold/<metric>@K`` and
             ``<results_name>_cold.json``/``.md``; items count as seen in training when they occur in some
             user's training part (every item but the two held out).
+        per_user: Also write ``<results_name>_per_user.csv`` after test: one row per test user (its id, the
+            0-based user index of the data set, and every metric at every cut-off), so two runs on the same data
+            can be compared user by user (``molar reproduce``'s paired tests).
     """
 
     def __init__(
@@ -57,9 +61,10 @@ class RankingEvaluationCallback(pl.Callback):
         item_chunk_size: int = 32768,
         results_name: str = "results",
         cold_targets: bool = False,
+        per_user: bool = False,
     ) -> None:
         self.val_metrics = RankingMetrics(ks, exclude_history, item_chunk_size)
-        self.test_metrics = RankingMetrics(ks, exclude_history, item_chunk_size)
+        self.test_metrics = RankingMetrics(ks, exclude_history, item_chunk_size, per_user=per_user)
         self.cold_metrics = RankingMetrics(ks, exclude_history, item_chunk_size) if cold_targets else None
         self.seen_in_training: Optional[torch.Tensor] = None  # [N + 1], with cold_targets, from the data
         self.results_name = results_name
@@ -125,11 +130,14 @@ class RankingEvaluationCallback(pl.Callback):
         _write_in_run_dir(trainer, "validation_history.json", json.dumps(self.validation_history, indent=2))
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        per_user = self.test_metrics.per_user_values() if self.test_metrics.per_user else None
         values = _compute_and_log(self.test_metrics, pl_module, "test")
         if values is None:
             return
         _write_in_run_dir(trainer, f"{self.results_name}.json", json.dumps(values, indent=2))
         _write_in_run_dir(trainer, f"{self.results_name}.md", _markdown_table(values, self.test_metrics.ks))
+        if per_user is not None:
+            _write_in_run_dir(trainer, f"{self.results_name}_per_user.csv", _per_user_csv(per_user))
         if self.cold_metrics is None:
             return
         cold = _compute_and_log(self.cold_metrics, pl_module, "test/cold")
@@ -164,7 +172,8 @@ def _update(metric: RankingMetrics, outputs: Any, batch: Any, rows: Optional[tor
     counted = batch.user_ids != PADDING_USER  # an even shard's repeated row (data/even_shards.py)
     if rows is not None:
         counted &= rows
-    metric.update(outputs["user_emb"][counted], outputs["item_emb"], batch.target[counted], batch.history[counted])
+    metric.update(outputs["user_emb"][counted], outputs["item_emb"], batch.target[counted], batch.history[counted],
+                  batch.user_ids[counted])
 
 
 def _compute_and_log(
@@ -199,6 +208,17 @@ def _markdown_table(values: Mapping[str, float], ks: Sequence[int]) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{values[f'{name}@{k}']:.4f}" for k in ks) + " |")
     lines.append("")
     lines.append(f"Users evaluated: {values['users']}")
+    return "\n".join(lines) + "\n"
+
+
+def _per_user_csv(values: Mapping[str, torch.Tensor]) -> str:
+    """``user_id,<metric>@<K>,...`` lines, one per user, each value written in full (the shortest text that reads
+    back as the same float), so means of the file equal the results' figures."""
+    names = [name for name in values if name != "user_id"]
+    lines = [",".join(["user_id", *names])]
+    columns = [values[name].tolist() for name in names]
+    for row, user in enumerate(values["user_id"].tolist()):
+        lines.append(",".join([str(user), *(repr(column[row]) for column in columns)]))
     return "\n".join(lines) + "\n"
 
 

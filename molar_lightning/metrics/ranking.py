@@ -22,6 +22,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 #: Metric names, in the row order of the state ``sums`` and of every results table.
 METRIC_NAMES = ("ndcg", "recall", "mrr", "hit")
@@ -288,12 +289,17 @@ class RankingMetrics(Metric):
     Each batch costs one matmul and one ``torch.topk(max(ks))`` per item chunk; only users whose exact ties
     run past the ``max(ks)`` best candidates, or who meet a non-finite score, are scored a second time.
 
+    With ``per_user``, each user's rank counts are kept too (states gathered over all processes), and
+    :meth:`per_user_values` gives every user's metrics, which a paired significance test between two models
+    needs.
+
     Args:
         ks: Cut-offs K. Values above the number of items are allowed.
         exclude_history: Leave each user's earlier items out of the ranking (the target itself stays, even
             when the user had it before), as in the Molar paper's protocol.
         item_chunk_size: Items scored per matmul. Memory is ``O(batch_size * item_chunk_size)``; lower it
             for large batches on small accelerators, raise it for speed.
+        per_user: Keep each user's rank counts; ``update`` then needs the ``user_ids``.
     """
 
     is_differentiable = False
@@ -301,7 +307,8 @@ class RankingMetrics(Metric):
     full_state_update = False
 
     def __init__(
-        self, ks: Sequence[int] = (10, 20, 50), exclude_history: bool = True, item_chunk_size: int = 32768
+        self, ks: Sequence[int] = (10, 20, 50), exclude_history: bool = True, item_chunk_size: int = 32768,
+        per_user: bool = False,
     ) -> None:
         super().__init__()
         ks = tuple(int(k) for k in ks)
@@ -316,8 +323,13 @@ class RankingMetrics(Metric):
         )
         self.add_state("num_users", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("nonfinite_users", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        self.per_user = per_user
+        if per_user:
+            for name in ("user_ids", "greater", "ties"):
+                self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, user_emb: Tensor, item_emb: Tensor, target: Tensor, history: Optional[Tensor] = None) -> None:
+    def update(self, user_emb: Tensor, item_emb: Tensor, target: Tensor, history: Optional[Tensor] = None,
+               user_ids: Optional[Tensor] = None) -> None:
         """Rank one batch of users.
 
         Args:
@@ -325,7 +337,10 @@ class RankingMetrics(Metric):
             item_emb: ``[N + 1, D]`` item embeddings; row 0 is padding.
             target: ``[B]`` held-out item ids in ``1..N``.
             history: ``[B, H]`` earlier items, right-padded with 0; required when ``exclude_history``.
+            user_ids: ``[B]`` the users' ids; required with ``per_user``.
         """
+        if self.per_user and user_ids is None:
+            raise ValueError("RankingMetrics(per_user=True) needs the user_ids [B] of every batch.")
         greater, ties, nonfinite = target_rank_counts(
             user_emb, item_emb, target, history, self.exclude_history, self.item_chunk_size, depth=max(self.ks)
         )
@@ -335,6 +350,26 @@ class RankingMetrics(Metric):
         )
         self.num_users += target.numel()
         self.nonfinite_users += nonfinite.sum()
+        if self.per_user:
+            self.user_ids.append(user_ids)
+            self.greater.append(greater)
+            self.ties.append(ties)
+
+    def per_user_values(self) -> dict[str, Tensor]:
+        """Every user seen since the last reset (over all processes), sorted by id: ``{"user_id": [U], "ndcg@10":
+        [U], ...}``, the metrics as :func:`expected_metrics` gives them, whose means ``compute`` returns."""
+        if not self.per_user:
+            raise ValueError("per_user_values() needs RankingMetrics(per_user=True).")
+        with self.sync_context():
+            user_ids, greater, ties = (self._concatenated(state) for state in (self.user_ids, self.greater, self.ties))
+        order = user_ids.argsort()
+        return {"user_id": user_ids[order], **expected_metrics(greater[order], ties[order], self.ks)}
+
+    def _concatenated(self, state: "list[Tensor] | Tensor") -> Tensor:
+        """A per-user state as one tensor (a list before synchronisation, a tensor after; empty: no users)."""
+        if isinstance(state, list) and not state:
+            return torch.zeros(0, dtype=torch.long, device=self.device)
+        return dim_zero_cat(state)
 
     def compute(self) -> dict[str, Tensor]:
         """Means over all users seen since the last reset, and the counts ``"users"`` and ``"nonfinite_users"``."""

@@ -178,3 +178,24 @@ def test_steps_without_embeddings_log_nothing_and_write_nothing(tmp_path: Path) 
         (validated,) = trainer.validate(FixedEmbeddingModule(returns_embeddings=False), _loader())
     assert validated == {}
     assert not (Path(trainer.log_dir) / "validation_history.json").exists()
+
+
+def test_per_user_results_hold_each_users_own_metrics_and_average_to_the_table(tmp_path: Path) -> None:
+    module = FixedEmbeddingModule()
+    trainer = _trainer(tmp_path, [RankingEvaluationCallback(ks=KS, per_user=True)])
+    trainer.test(module, _loader())
+    run_dir = Path(trainer.log_dir)
+    header, *lines = (run_dir / "results_per_user.csv").read_text().splitlines()
+    assert header.split(",") == ["user_id", *(f"{name}@{k}" for k in KS for name in METRIC_NAMES)]
+    rows = [dict(zip(header.split(","), map(float, line.split(",")))) for line in lines]
+    assert [row["user_id"] for row in rows] == list(range(NUM_USERS))  # sorted by id, each user once
+    for user, row in enumerate(rows):  # each row is that user ranked on its own
+        alone = RankingMetrics(ks=KS)
+        alone.update(module.users.detach()[user:user + 1], module.items.detach(), DATA["target"][user:user + 1],
+                     DATA["history"][user:user + 1])
+        for name, value in alone.compute().items():
+            if name not in ("users", "nonfinite_users"):
+                assert row[name] == value.item(), (user, name)
+    table = json.loads((run_dir / "results.json").read_text())
+    for name in header.split(",")[1:]:
+        assert sum(row[name] for row in rows) / NUM_USERS == pytest.approx(table[name], abs=1e-12), name

@@ -16,7 +16,7 @@ Per seed, three fits, each built from ``configs/movielens/<config>.yaml`` throug
    catalog (``--item-batch-size`` items per forward).
 
 Both Molar rows share everything else: the random-init 2-layer 64-wide Qwen2 DUEG and the trainable Linear
-384 -> 64 item adapter of ``benchmarks/molar_movielens.py``, float32, alpha 0.1, tau 0.07, AdamW at ``--lr`` with
+384 -> 64 item adapter of ``molar reproduce``'s cpu profile, float32, alpha 0.1, tau 0.07, AdamW at ``--lr`` with
 the configs' warm-up + cosine schedule (``--warmup-steps``), batch ``--batch-size`` windows of
 ``--max-seq-len`` items, ``--epochs`` epochs of ``--steps-per-epoch`` optimizer steps each (Lightning's
 ``limit_train_batches``: a random share of each epoch's shuffled windows; 0 means whole epochs), validation
@@ -42,14 +42,12 @@ from molar_lightning.data.catalog import ItemCatalog
 from molar_lightning.data.datamodule import MovieLensDataModule
 from molar_lightning.losses import EmbeddingCollapseError
 from molar_lightning.models.mirm import MultimodalItemEncoder
+from molar_lightning.reproduce.profiles import CPU_DUEG
 from molar_lightning.tasks.mirm_alignment import MIRMAlignmentModule
 
 ROOT = Path(__file__).resolve().parents[1]
 MINILM_WIDTH, ADAPTED = 384, 64
-# benchmarks/molar_movielens.py's CPU-sized DUEG (random init: only the config is used).
-TINY_DUEG = ('{"model_type": "qwen2", "vocab_size": 30522, "hidden_size": 64, "intermediate_size": 256, '
-             '"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, '
-             '"max_position_embeddings": 128}')
+TINY_DUEG = json.dumps(CPU_DUEG)  # `molar reproduce`'s CPU-sized DUEG (random init: only the config is used)
 INPUTS_CALLBACK = "molar_lightning.callbacks.item_inputs.ItemInputsCallback"
 METRICS = ("ndcg@10", "recall@10", "ndcg@20", "recall@20", "ndcg@50", "recall@50")
 MODES = {"cached": "Molar, cached (frozen MiniLM)", "e2e": "Molar, end to end (MiniLM {finetuning})"}

@@ -22,6 +22,7 @@ from molar_lightning.data import image_fetch
 from molar_lightning.data.datamodule import SequentialDataModule
 from molar_lightning.embed import DESCRIPTION as EMBED_DESCRIPTION
 from molar_lightning.embed import embed
+from molar_lightning.reproduce import command as reproduce
 from molar_lightning.serving import export, recommend, server
 from molar_lightning.user_error import DEBUG_VARIABLE, MissingInputError, UserError, debug_requested, reported
 
@@ -74,6 +75,7 @@ OTHER_COMMANDS: dict[str, tuple[str, Callable[[list[str]], object]]] = {
     "export": (export.DESCRIPTION, export.main),
     "recommend": (recommend.DESCRIPTION, recommend.main),
     "serve": (server.DESCRIPTION, server.main),
+    "reproduce": (reproduce.DESCRIPTION, reproduce.main),
 }
 
 

@@ -1,0 +1,137 @@
+"""Fit and test one paper row for one seed, resumably, and read back what the run left.
+
+Each (row, seed) has its own folder under ``<out>/runs/<run key>/seed<k>/``; the run key names the config and
+the row's extra arguments, so rows that are the same run (Table 4's and Table 5's Molar, say) share it. A
+finished run leaves ``outcome.json`` there, so a second ``molar reproduce`` reads it instead of training again,
+and an interrupted one resumes from its ``last.ckpt``.
+"""
+
+import json
+import re
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from molar_lightning.cli import build_cli
+from molar_lightning.reproduce.profiles import Profile
+from molar_lightning.reproduce.tables import Row
+from molar_lightning.user_error import UserError
+from molar_lightning.atomic_files import write_atomically
+
+MONITORED = "ndcg@10"  # what the configs' checkpoints keep the best of (val/ndcg@10)
+
+
+@dataclass
+class Outcome:
+    """One finished (or failed) run of a row for one seed, as its ``outcome.json`` holds it."""
+
+    run: str
+    seed: int
+    status: str  # "done" or "failed"
+    log_dir: str = ""
+    best_checkpoint: str = ""
+    best_epoch: Optional[int] = None
+    seconds: float = 0.0
+    test: Optional[dict[str, float]] = None
+    error: str = ""
+
+    def per_user(self) -> dict[int, dict[str, float]]:
+        """Each test user's metrics (``results_per_user.csv``), by user id."""
+        header, *lines = (Path(self.log_dir) / "results_per_user.csv").read_text().splitlines()
+        names = header.split(",")[1:]
+        rows = (line.split(",") for line in lines)
+        return {int(user): dict(zip(names, map(float, values))) for user, *values in rows}
+
+    def validation(self) -> list[dict[str, float]]:
+        """The per-epoch validation metrics (``validation_history.json``)."""
+        return json.loads((Path(self.log_dir) / "validation_history.json").read_text())
+
+
+def run_key(row: Row) -> str:
+    """The folder name of the row's run: its config, then its extra arguments in short (``molar-align_weight-0``)."""
+    words = [re.sub(r"[^A-Za-z0-9_.]+", "_", arg.split(".")[-1].lstrip("-")) for arg in row.args]
+    return "-".join([row.config, *words])
+
+
+def best_epoch(history: list[dict[str, float]]) -> Optional[int]:
+    """The epoch whose checkpoint the test used: the first with the highest validation ``MONITORED``."""
+    if not history:
+        return None
+    return max(history, key=lambda entry: (entry[MONITORED], -entry["epoch"]))["epoch"]
+
+
+class Runner:
+    """Runs rows on one data set under one profile into ``out``, each (row, seed) at most once.
+
+    Args:
+        data: data set name (``configs/<data>/``).
+        data_dir: the raw data folder.
+        out: output folder.
+        profile: what stands in for the paper's parts.
+        rows: every row, by key (an ID model a row aligns with is run first).
+        fit_arguments: extra ``molar fit`` arguments for every run (e.g. ``--trainer.accelerator gpu``).
+        say: prints a progress line.
+    """
+
+    def __init__(self, data: str, data_dir: str, out: Path, profile: Profile, rows: dict[str, Row],
+                 fit_arguments: list[str], say: Callable[[str], None] = print) -> None:
+        self.data, self.data_dir, self.out, self.profile = data, data_dir, out, profile
+        self.rows, self.fit_arguments, self.say = rows, fit_arguments, say
+        self.item_cache: Optional[str] = None
+
+    def outcome(self, row: Row, seed: int) -> Outcome:
+        """The row's run for ``seed``: read back when finished before, else fitted (its ID model first) and tested."""
+        folder = self.out / "runs" / run_key(row) / f"seed{seed}"
+        record = folder / "outcome.json"
+        if record.is_file():
+            return Outcome(**json.loads(record.read_text()))
+        arguments = self.profile.arguments(row, self.data, self._items(row))
+        if row.id_model is not None:
+            id_outcome = self.outcome(self.rows[row.id_model], seed)
+            if id_outcome.status != "done":
+                return Outcome(run_key(row), seed, "failed", error=f"its ID model ({row.id_model}) failed")
+            arguments += ["--model.init_args.encoder_checkpoint", id_outcome.best_checkpoint]
+        arguments += ["--data.init_args.data_dir", self.data_dir,
+                      "--data.init_args.cache_dir", str(self.out / "data"),
+                      "--trainer.default_root_dir", str(folder), "--seed_everything", str(seed),
+                      "--evaluation.per_user", "true", "--trainer.enable_progress_bar", "false",
+                      "--trainer.enable_model_summary", "false", *self.fit_arguments]
+        last = sorted(folder.rglob("last.ckpt"), key=lambda path: path.stat().st_mtime)
+        if last:
+            arguments += ["--ckpt_path", str(last[-1])]
+        self.say(f"{row.name}, seed {seed}: fitting {run_key(row)}{' (resumed)' if last else ''} into {folder}")
+        started = time.perf_counter()
+        try:
+            cli = build_cli(["fit", *arguments])
+        except (UserError, SIGTERMException, KeyboardInterrupt):
+            raise
+        except Exception as error:  # one row's failure (a collapse, say) must not lose the others
+            folder.mkdir(parents=True, exist_ok=True)
+            write_atomically(folder / "error.txt", traceback.format_exc())
+            outcome = Outcome(run_key(row), seed, "failed", error=f"{type(error).__name__}: {error}".splitlines()[0])
+            self.say(f"{row.name}, seed {seed}: failed ({outcome.error}); traceback in {folder / 'error.txt'}")
+            return outcome
+        log_dir = Path(cli.trainer.log_dir)
+        history = json.loads((log_dir / "validation_history.json").read_text())
+        outcome = Outcome(run_key(row), seed, "done", log_dir=str(log_dir),
+                          best_checkpoint=cli.trainer.checkpoint_callback.best_model_path,
+                          best_epoch=best_epoch(history), seconds=time.perf_counter() - started,
+                          test=json.loads((log_dir / "results.json").read_text()))
+        write_atomically(record, json.dumps(asdict(outcome), indent=2))
+        self.say(f"{row.name}, seed {seed}: test NDCG@10 {outcome.test['ndcg@10']:.4f} "
+                 f"(best epoch {outcome.best_epoch}, {outcome.seconds:.0f} s)")
+        return outcome
+
+    def _items(self, row: Row) -> Optional[str]:
+        """The item cache folder a content row reads (embedded on first need), None for an ID row."""
+        if row.items == "none":
+            return None
+        if self.item_cache is None:
+            self.say(f"embedding the items with {self.profile.text_encoder} (once)")
+            self.item_cache = self.profile.item_cache(self.data, self.data_dir, str(self.out / "data"),
+                                                      self.out / "item_embeddings")
+        return self.item_cache

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from molar_lightning.models.protocol import IDSequenceEncoder
+from molar_lightning.user_error import SettingError
 
 
 @runtime_checkable
@@ -279,16 +280,17 @@ def info_nce(
 ) -> torch.Tensor:
     """InfoNCE over ``2B`` views with in-batch negatives (SimCLR's NT-Xent, as DuoRec computes it).
 
-    Row ``b`` of ``first`` and row ``b`` of ``second`` are a positive pair; each of the ``2B`` views has
-    the other ``2B - 2`` views as negatives, minus those whose sequence has the same target as its own,
-    since DuoRec's supervised signal calls such sequences positives.
+    Row ``b`` of ``first`` and row ``b`` of ``second`` are a positive pair. Without ``targets`` each of the
+    ``2B`` views has the other ``2B - 2`` views as negatives: the authors' ``mask_correlated_samples``, which
+    removes only a view itself and its partner. With ``targets``, views whose sample has the same target as
+    the view's own are removed too.
 
     Args:
-        first: ``[B, D]`` one view of each sequence.
+        first: ``[B, D]`` one view of each sample.
         second: ``[B, D]`` the other view.
         temperature: logits are similarities divided by this.
         similarity: ``"dot"`` product or ``"cos"`` ine similarity.
-        targets: ``[B]`` next item of each sequence; ``None`` keeps all ``2B - 2`` negatives.
+        targets: ``[B]`` next item of each sample; ``None`` keeps all ``2B - 2`` negatives.
 
     Returns:
         The mean cross entropy over the ``2B`` views, a scalar.
@@ -308,60 +310,115 @@ def info_nce(
     return F.cross_entropy(logits.masked_fill(excluded, float("-inf")), partner)
 
 
-class DuoRecContrastiveLoss(nn.Module):
-    """DuoRec's contrastive regulariser against representation degeneration (Qiu et al., WSDM 2022).
+def same_target_partners(targets: torch.Tensor) -> torch.Tensor:
+    """``[M]`` index, for each of ``targets [M]``, of a uniformly drawn other entry with the same value; the
+    entry itself when no other has it (the authors' fallback: a sequence alone with its target is its own
+    supervised positive)."""
+    order = torch.argsort(targets, stable=True)
+    _, group_size = torch.unique_consecutive(targets[order], return_counts=True)
+    group_start = torch.cumsum(group_size, 0) - group_size
+    group_of_sorted = torch.repeat_interleave(torch.arange(len(group_size), device=targets.device), group_size)
+    group = torch.empty_like(group_of_sorted)
+    group[order] = group_of_sorted
+    own_slot = torch.empty_like(order)
+    own_slot[order] = torch.arange(len(order), device=targets.device) - group_start[group_of_sorted]
+    others = group_size[group] - 1
+    slot = (torch.rand(len(targets), device=targets.device) * others).long()
+    slot = slot + (slot >= own_slot).long()  # skip the entry itself
+    # An entry alone in its group points one past it here; the clamp keeps the index valid until it is replaced.
+    partners = order[group_start[group] + slot.clamp(max=group_size[group] - 1)]
+    return torch.where(others > 0, partners, torch.arange(len(targets), device=targets.device))
 
-    Pulls together two views of each training sequence, a second dropout pass (unsupervised view) and another
-    sequence with the same next item (supervised view), against every other view in the batch
-    (:func:`info_nce`). :class:`~molar_lightning.models.id.duorec.DuoRec` builds it from its arguments as its
-    ``auxiliary_loss``; it holds no weights, and runs the second pass through the encoder it is given, so it
-    must be called in training mode for dropout to make a second view.
+
+class DuoRecContrastiveLoss(nn.Module):
+    """DuoRec's contrastive regulariser against representation degeneration (Qiu et al., WSDM 2022), as the
+    authors' code (``contrast=us_x``) computes it.
+
+    Each sample is a training prefix: its anchor view is its state in a second dropout pass, its positive the
+    state of another training prefix with the same next item (the supervised view), contrasted against the
+    other views of its group (:func:`info_nce`). Samples (``positions``):
+
+    - ``all`` (the authors'): every position with a target, since the authors' RecBole data makes every prefix
+      of every training sequence its own sample. The positive of a position is the main pass's state of a
+      uniformly drawn other position of the batch with the same target (the state itself, an independent
+      dropout draw of the same prefix, when none has it: the authors' fallback); ``positive_seq`` is not read.
+    - ``last``: only each window's last position, its positive the last state of ``positive_seq`` (drawn by
+      the DataModule from every window with that last target, ``same_target_positives: true``).
+
+    Samples are split at random into groups of at most ``group_size`` (the authors' training batch of 256
+    prefixes), each contrasted on its own; the loss is the mean over all samples' views, times ``weight``.
+    :class:`~molar_lightning.models.id.duorec.DuoRec` builds it from its arguments as its ``auxiliary_loss``;
+    it holds no weights, and runs the second pass through the encoder it is given, so it must be called in
+    training mode for dropout to make a second view.
 
     Args:
-        weight: multiplies the contrastive loss before it joins the next-item loss (the paper's lambda).
-        temperature: divides the similarities.
-        similarity: ``dot`` product or ``cos`` ine similarity between views.
+        weight: multiplies the contrastive loss before it joins the next-item loss (the authors' ``lmd_sem``).
+        temperature: divides the similarities (the authors' ``tau``).
+        similarity: ``dot`` product (the authors') or ``cos`` ine similarity between views.
+        positions: which positions are samples: ``all`` (the authors') or each window's ``last``.
+        negatives: ``authors``: every other view of the group (``2G - 2``); ``drop_same_target`` also leaves
+            out views of samples with the same target.
+        group_size: most samples contrasted together.
     """
 
-    def __init__(self, weight: float = 0.1, temperature: float = 1.0,
-                 similarity: Literal["dot", "cos"] = "cos") -> None:
+    def __init__(self, weight: float = 0.1, temperature: float = 1.0, similarity: Literal["dot", "cos"] = "dot",
+                 positions: Literal["all", "last"] = "all",
+                 negatives: Literal["authors", "drop_same_target"] = "authors", group_size: int = 256) -> None:
         super().__init__()
-        if similarity not in ("dot", "cos"):
-            raise ValueError(f"similarity must be 'dot' or 'cos', got {similarity!r}")
+        choices = (("similarity", similarity, ("dot", "cos")), ("positions", positions, ("all", "last")),
+                   ("negatives", negatives, ("authors", "drop_same_target")))
+        for name, value, allowed in choices:
+            if value not in allowed:
+                raise SettingError(f"DuoRec {name} must be one of {allowed}, got {value!r}")
+        if group_size < 2:
+            raise SettingError(f"DuoRec contrastive_group_size must be at least 2 (a view needs negatives), "
+                               f"got {group_size}")
         self.weight = weight
         self.temperature = temperature
         self.similarity = similarity
+        self.positions = positions
+        self.negatives = negatives
+        self.group_size = group_size
 
     def forward(
         self,
         encoder: IDSequenceEncoder,
         item_seq: torch.Tensor,
         mask: torch.Tensor,
-        user_repr: torch.Tensor,
-        positive_seq: Optional[torch.Tensor] = None,
-        targets: Optional[torch.Tensor] = None,
+        states: torch.Tensor,
+        positive_seq: Optional[torch.Tensor],
+        target_seq: torch.Tensor,
     ) -> torch.Tensor:
         """Weighted contrastive loss of one training batch.
 
-        With ``positive_seq``, the pair is (second dropout pass of ``item_seq``, pass of ``positive_seq``),
-        as the authors' ``us_x`` setting; without it, the pair is (``user_repr``, second dropout pass), the
-        unsupervised view alone.
-
         Args:
-            encoder: the ID model being trained; both passes go through its ``encode_sequence``.
+            encoder: the ID model being trained; the second pass goes through it.
             item_seq: ``[B, L]`` the main pass's input, left-padded.
             mask: ``[B, L]`` bool, True at real items.
-            user_repr: ``[B, D]`` last-position state of the main pass.
-            positive_seq: ``[B, L]`` a training sequence with the same last target per row, or ``None``.
-            targets: ``[B]`` last target of each row (``target_seq[:, -1]``); rows sharing it are not
-                used as each other's negatives. ``None`` keeps every in-batch negative.
+            states: ``[B, L, D]`` the main pass's states (``encoder.sequence_states``).
+            positive_seq: ``[B, L]`` a training window with the same last target per row; read only with
+                ``positions="last"``, which needs it.
+            target_seq: ``[B, L]`` the next item of each position, 0 where there is none.
 
         Returns:
             A scalar, already multiplied by ``weight``.
         """
-        dropout_view = encoder.encode_sequence(item_seq, mask)
-        if positive_seq is None:
-            first, second = user_repr, dropout_view
+        if self.positions == "all":
+            has_target = target_seq != 0
+            anchors = encoder.sequence_states(item_seq, mask)[has_target]
+            targets = target_seq[has_target]
+            positives = states[has_target][same_target_partners(targets)]
         else:
-            first, second = dropout_view, encoder.encode_sequence(positive_seq, positive_seq != 0)
-        return self.weight * info_nce(first, second, self.temperature, self.similarity, targets)
+            if positive_seq is None:
+                raise SettingError("DuoRec positions='last' takes its supervised view from the data: set "
+                                   "data.init_args.same_target_positives: true, or use positions='all'")
+            anchors = encoder.encode_sequence(item_seq, mask)
+            targets = target_seq[:, -1]
+            positives = encoder.encode_sequence(positive_seq, positive_seq != 0)
+        groups = torch.randperm(len(targets), device=targets.device).tensor_split(
+            math.ceil(len(targets) / self.group_size))
+        drop_same_target = self.negatives == "drop_same_target"
+        total = sum(len(group) * info_nce(anchors[group], positives[group], self.temperature, self.similarity,
+                                          targets[group] if drop_same_target else None)
+                    for group in groups)
+        return self.weight * total / len(targets)

@@ -34,8 +34,7 @@ def add_auxiliary_loss(task: LightningModule, encoder: IDSequenceEncoder, batch:
     """
     if encoder.auxiliary_loss is None:
         return loss
-    extra = encoder.auxiliary_loss(encoder, batch.item_seq, batch.mask, states[:, -1], batch.positive_seq,
-                                   batch.target_seq[:, -1])
+    extra = encoder.auxiliary_loss(encoder, batch.item_seq, batch.mask, states, batch.positive_seq, batch.target_seq)
     task.log("train/auxiliary_loss", extra)
     return loss + extra
 

@@ -138,13 +138,14 @@ def test_id_model_loads_from_a_sequential_checkpoint_and_trains_jointly_on_reque
 
 def test_a_jointly_trained_duorec_adds_its_contrastive_loss(datamodule, item_file: str, monkeypatch) -> None:
     """DuoRec's regulariser applies wherever the ID model trains, here inside Molar; without dropout its two
-    views are the same pass, so its value is 0.1 x an InfoNCE computed by hand over the 2B views."""
+    views (the last positions of the window and of its positive window, here the window itself) are the same
+    pass, so its value is 0.1 x an InfoNCE computed by hand over the 2B views."""
     torch.manual_seed(1)
     duorec = DuoRec(datamodule.num_items, max_seq_len=10, hidden_size=ID_WIDTH, num_heads=2, inner_size=16, dropout=0.0,
-                    attention_dropout=0.0)
+                    attention_dropout=0.0, similarity="cos", positions="last", negatives="drop_same_target")
     module = molar(datamodule, item_file, encoder=duorec, train_encoder=True, align_weight=0.0).train()
     full = a_batch(datamodule)
-    batch = TrainBatch(full.item_seq[:3], full.target_seq[:3], full.user_ids[:3])
+    batch = TrainBatch(full.item_seq[:3], full.target_seq[:3], full.user_ids[:3], positive_seq=full.item_seq[:3])
     logged = {}
     monkeypatch.setattr(module, "log", lambda name, value, **options: logged.update({name: value}))
     loss = module.training_step(batch, 0)

@@ -143,9 +143,8 @@ def fit_and_rank(synthetic: SyntheticSequences) -> Callable[..., TrainResult]:
             states = encoder.sequence_states(item_seq, mask, synthetic.user_ids[rows])
             value = loss(states[targets != 0], targets[targets != 0], encoder.item_embeddings())
             if encoder.auxiliary_loss is not None:
-                value = value + encoder.auxiliary_loss(
-                    encoder, item_seq, mask, states[:, -1], synthetic.positive_seq[rows], targets=targets[:, -1]
-                )
+                value = value + encoder.auxiliary_loss(encoder, item_seq, mask, states, synthetic.positive_seq[rows],
+                                                       targets)
             optimizer.zero_grad()
             value.backward()
             optimizer.step()

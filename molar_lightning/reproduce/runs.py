@@ -10,6 +10,7 @@ import json
 import re
 import time
 import traceback
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -106,7 +107,9 @@ class Runner:
         self.say(f"{row.name}, seed {seed}: fitting {run_key(row)}{' (resumed)' if last else ''} into {folder}")
         started = time.perf_counter()
         try:
-            cli = build_cli(["fit", *arguments])
+            with warnings.catch_warnings():  # LightningCLI warns that sys.argv (molar reproduce's) is not its own
+                warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended")
+                cli = build_cli(["fit", *arguments])
         except (UserError, SIGTERMException, KeyboardInterrupt):
             raise
         except Exception as error:  # one row's failure (a collapse, say) must not lose the others

@@ -215,8 +215,9 @@ class MolarModule(RankingTask):
         return self.transfer_batch_to_device(batch, self.device, 0)
 
     def item_table(self) -> torch.Tensor:
-        """``[N + 1, D]``: every item's embedding after the adapter (end to end: embedded at evaluation start)."""
-        return self.item_adapter(self.items.catalog())
+        """``[N + 1, D]``: every item's embedding after the adapter (end to end: embedded at evaluation start,
+        dropped at its end)."""
+        return self.item_adapter(self.items.catalog(self.to_device))
 
     # The catalog is embedded first (end to end), then RankingTask builds the epoch's item tables from it.
     def on_validation_epoch_start(self) -> None:
@@ -230,6 +231,18 @@ class MolarModule(RankingTask):
     def on_predict_epoch_start(self) -> None:
         self.items.embed_catalog(self.to_device)
         super().on_predict_epoch_start()
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self.items.drop_catalog()
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        self.items.drop_catalog()
+
+    def on_predict_epoch_end(self) -> None:
+        super().on_predict_epoch_end()
+        self.items.drop_catalog()
 
     def on_train_end(self) -> None:
         if self.item_encoder is not None:

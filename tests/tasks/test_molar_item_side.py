@@ -67,3 +67,25 @@ def test_the_end_to_end_mirm_is_exported_for_serving(fixture_data, tiny_qwen2_di
         untrained = module.items.embed(ids, module.to_device)
     torch.testing.assert_close(exported, trained, atol=1e-5, rtol=0)
     assert not torch.allclose(untrained, trained, atol=1e-3)  # stage 2 moved it
+
+
+class CatalogDuringValidation(pl.Callback):
+    """Records whether the end-to-end catalog table exists during each validation batch."""
+
+    def __init__(self) -> None:
+        self.present: list[bool] = []
+
+    def on_validation_batch_end(self, trainer, pl_module: MolarModule, *args) -> None:
+        self.present.append(pl_module.items.table is not None)
+
+
+def test_the_end_to_end_catalog_is_dropped_after_each_evaluation(fixture_data, tiny_qwen2_dir: Path) -> None:
+    mirm = lora_mirm(tiny_qwen2_dir, seed=0)
+    module = content_molar(mirm.hidden_size, fixture_data.num_items, item_encoder=mirm, negatives_per_step=3)
+    seen = CatalogDuringValidation()
+    fit = trainer(1, limit_train_batches=1, limit_val_batches=1, callbacks=[ItemInputsCallback(), seen])
+    fit.fit(module, datamodule=fixture_data)
+    assert seen.present and all(seen.present)  # embedded for the evaluation ...
+    assert module.items.table is None  # ... and freed after it
+    with torch.no_grad():  # outside an evaluation (serving a checkpoint), the table is embedded when asked for
+        assert module.eval().item_table().shape[0] == fixture_data.num_items + 1

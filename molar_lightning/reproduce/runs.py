@@ -20,7 +20,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from molar_lightning.cli import build_cli
 from molar_lightning.reproduce.profiles import Profile
 from molar_lightning.reproduce.tables import Row
-from molar_lightning.user_error import UserError
+from molar_lightning.user_error import SettingError, UserError
 from molar_lightning.atomic_files import write_atomically
 
 MONITORED = "ndcg@10"  # what the configs' checkpoints keep the best of (val/ndcg@10)
@@ -39,6 +39,7 @@ class Outcome:
     seconds: float = 0.0
     test: Optional[dict[str, float]] = None
     error: str = ""
+    arguments: tuple[str, ...] = ()  # the `molar fit` arguments of the run (paths included)
 
     def per_user(self) -> dict[int, dict[str, float]]:
         """Each test user's metrics (``results_per_user.csv``), by user id."""
@@ -88,8 +89,6 @@ class Runner:
         """The row's run for ``seed``: read back when finished before, else fitted (its ID model first) and tested."""
         folder = self.out / "runs" / run_key(row) / f"seed{seed}"
         record = folder / "outcome.json"
-        if record.is_file():
-            return Outcome(**json.loads(record.read_text()))
         arguments = self.profile.arguments(row, self.data, self._items(row))
         if row.id_model is not None:
             id_outcome = self.outcome(self.rows[row.id_model], seed)
@@ -101,6 +100,8 @@ class Runner:
                       "--trainer.default_root_dir", str(folder), "--seed_everything", str(seed),
                       "--evaluation.per_user", "true", "--trainer.enable_progress_bar", "false",
                       "--trainer.enable_model_summary", "false", *self.fit_arguments]
+        if record.is_file():
+            return self._finished(record, arguments)
         last = sorted(folder.rglob("last.ckpt"), key=lambda path: path.stat().st_mtime)
         if last:
             arguments += ["--ckpt_path", str(last[-1])]
@@ -123,10 +124,21 @@ class Runner:
         outcome = Outcome(run_key(row), seed, "done", log_dir=str(log_dir),
                           best_checkpoint=cli.trainer.checkpoint_callback.best_model_path,
                           best_epoch=best_epoch(history), seconds=time.perf_counter() - started,
-                          test=json.loads((log_dir / "results.json").read_text()))
+                          test=json.loads((log_dir / "results.json").read_text()), arguments=tuple(arguments))
         write_atomically(record, json.dumps(asdict(outcome), indent=2))
         self.say(f"{row.name}, seed {seed}: test NDCG@10 {outcome.test['ndcg@10']:.4f} "
                  f"(best epoch {outcome.best_epoch}, {outcome.seconds:.0f} s)")
+        return outcome
+
+    @staticmethod
+    def _finished(record: Path, arguments: list[str]) -> Outcome:
+        """The outcome ``record`` holds, if it was run with these ``arguments``: reading back a run made with
+        another profile, epoch cap or data would mix two settings in one table."""
+        outcome = Outcome(**json.loads(record.read_text()))
+        outcome.arguments = tuple(outcome.arguments)
+        if outcome.status == "done" and outcome.arguments != tuple(arguments):
+            raise SettingError(f"{record.parent} was run with other settings ({' '.join(outcome.arguments)}); give "
+                               f"another --out, or delete that folder to run it again with these")
         return outcome
 
     def _items(self, row: Row) -> Optional[str]:

@@ -93,6 +93,13 @@ def test_a_second_call_reads_the_finished_runs_back(out: Path, data: Path) -> No
     assert (out / "table5.csv").read_text() == before
 
 
+def test_runs_made_with_other_settings_are_not_mixed_in(out: Path, data: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["reproduce", "--fast", "--data-dir", str(data), *ROWS, "--out", str(out), "--max-epochs", "1"])
+    assert stopped.value.code == 2
+    assert "was run with other settings" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--table", "7"], "--table 7: the paper's tables that molar reproduce knows are 2, 3, 4, 5, 6"),
     (["--table", "4", "--rows", "hllm"], "--rows hllm: not rows of table(s) 4"),

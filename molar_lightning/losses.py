@@ -313,21 +313,21 @@ def info_nce(
 def same_target_partners(targets: torch.Tensor) -> torch.Tensor:
     """``[M]`` index, for each of ``targets [M]``, of a uniformly drawn other entry with the same value; the
     entry itself when no other has it (the authors' fallback: a sequence alone with its target is its own
-    supervised positive)."""
-    order = torch.argsort(targets, stable=True)
+    supervised positive).
+
+    The entries of each value are put in a random cycle and each one's partner is the next in it: every other
+    entry of the value is equally likely, and every entry is the partner of exactly one.
+    """
+    shuffled = torch.randperm(len(targets), device=targets.device)
+    order = shuffled[torch.argsort(targets[shuffled], stable=True)]  # grouped by value, random within a group
     _, group_size = torch.unique_consecutive(targets[order], return_counts=True)
-    group_start = torch.cumsum(group_size, 0) - group_size
-    group_of_sorted = torch.repeat_interleave(torch.arange(len(group_size), device=targets.device), group_size)
-    group = torch.empty_like(group_of_sorted)
-    group[order] = group_of_sorted
-    own_slot = torch.empty_like(order)
-    own_slot[order] = torch.arange(len(order), device=targets.device) - group_start[group_of_sorted]
-    others = group_size[group] - 1
-    slot = (torch.rand(len(targets), device=targets.device) * others).long()
-    slot = slot + (slot >= own_slot).long()  # skip the entry itself
-    # An entry alone in its group points one past it here; the clamp keeps the index valid until it is replaced.
-    partners = order[group_start[group] + slot.clamp(max=group_size[group] - 1)]
-    return torch.where(others > 0, partners, torch.arange(len(targets), device=targets.device))
+    group_end = torch.repeat_interleave(torch.cumsum(group_size, 0), group_size)
+    group_start = group_end - torch.repeat_interleave(group_size, group_size)
+    following = torch.arange(1, len(order) + 1, device=targets.device)
+    following = torch.where(following < group_end, following, group_start)  # the last of a group: its first
+    partners = torch.empty_like(order)
+    partners[order] = order[following]
+    return partners
 
 
 class DuoRecContrastiveLoss(nn.Module):

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from molar_lightning.data.collate import collate_eval, collate_train
 from molar_lightning.data.even_shards import EvenShardSampler, PaddedEvalDataset
 from molar_lightning.data.prepare import CanonicalDataset, PrepareParams, prepare_dataset
-from molar_lightning.data.raw import InteractionSource
+from molar_lightning.data.raw import InteractionSource, OnBadLine
 from molar_lightning.data.sequence_datasets import LeaveOneOutDataset, TrainWindowDataset
 from molar_lightning.data.sources.amazon import Amazon
 from molar_lightning.data.sources.movielens import MovieLens
@@ -47,6 +47,9 @@ class SequentialDataModule(pl.LightningDataModule):
         image_policy: items whose image is missing, truncated or not an image: ``text_only`` keeps them
             without an image, ``drop_item`` removes them before k-core, ``error`` refuses the data set.
             Counted in the statistics table either way.
+        on_bad_line: a malformed raw line (a bad number, an empty id, a line that is not JSON ...): ``error``
+            refuses the data set naming the file and line; ``skip`` prepares without it, and the statistics
+            table and ``meta.json`` count the skipped lines and quote the first few.
         max_seq_len: most recent items a model sees; training windows hold at most this many inputs.
         batch_size: training windows per batch.
         eval_batch_size: users per validation/test/predict batch.
@@ -61,6 +64,7 @@ class SequentialDataModule(pl.LightningDataModule):
     min_user_interactions: int = 0
     min_item_interactions: int = 0
     image_policy: Literal["text_only", "drop_item", "error"] = "text_only"
+    on_bad_line: OnBadLine = "error"
     max_seq_len: int = 50
     batch_size: int = 128
     eval_batch_size: int = 512
@@ -72,7 +76,7 @@ class SequentialDataModule(pl.LightningDataModule):
         if self.max_seq_len < 1:
             raise SettingError(f"max_seq_len must be at least 1, got {self.max_seq_len}")
         self.params = PrepareParams(self.rating_threshold, self.min_user_interactions, self.min_item_interactions,
-                                    self.image_policy)
+                                    self.image_policy, self.on_bad_line)
         # What turns training windows into a TrainBatch; end-to-end Molar swaps in one that also builds the item
         # encoder's inputs (molar_lightning.data.item_inputs.StepItemsCollate, set by ItemInputsCallback).
         self.train_collate: Callable = collate_train
@@ -94,13 +98,18 @@ class SequentialDataModule(pl.LightningDataModule):
         self.dataset  # noqa: B018 - prepares (once, on one process per node) before setup() runs
 
     def print_statistics(self, console: Optional[Console] = None) -> None:
-        """Print the users / items / interactions table."""
+        """Print the users / items / interactions table, and the first raw lines ``on_bad_line: skip`` left out."""
         table = Table(title=f"{self.source.name}: {self.dataset.path}")
         table.add_column("statistic")
         table.add_column("value", justify="right")
         for name, value in self.dataset.statistics_rows():
             table.add_row(name, value)
-        (console or Console()).print(table)
+        console = console or Console()
+        console.print(table)
+        if self.dataset.skipped_lines:
+            console.print("first skipped lines:", markup=False)
+            for line in self.dataset.skipped_lines:
+                console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
 
     def _windows(self) -> TrainWindowDataset:
         offsets, items = self.dataset.flat_sequences

@@ -11,6 +11,10 @@ Item images are checked here, once, for the items that survive filtering (:func:
 file, or one that is truncated or not an image), and ``image_policy`` decides what happens to those items:
 ``text_only`` keeps them with no image, ``drop_item`` removes them (and filters again), ``error`` refuses
 the data set naming the files. The counts go into the statistics table.
+
+``on_bad_line`` decides what a malformed raw line does (:class:`~molar_lightning.data.raw.BadLines`): ``error``
+refuses the data set naming the file and line, ``skip`` prepares without it; the skipped lines' count, files
+and first few reasons go into ``meta.json`` and the statistics table, and the policy into the cache key.
 """
 
 import glob
@@ -22,6 +26,7 @@ import shutil
 import socket
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -32,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from molar_lightning.data.image_check import MISSING, image_problem
-from molar_lightning.data.raw import InteractionSource, RawDataError, RawInteractions
+from molar_lightning.data.raw import ON_BAD_LINE, BadLines, InteractionSource, RawDataError, RawInteractions
 from molar_lightning.user_error import MissingInputError, SettingError
 
 FORMAT_VERSION = 1
@@ -52,16 +57,21 @@ class PrepareParams:
         min_item_interactions: k-core threshold for items.
         image_policy: what to do with an item whose image is missing or unusable: ``text_only`` keeps it
             without an image, ``drop_item`` removes it, ``error`` refuses the data set.
+        on_bad_line: what a malformed raw line does: ``error`` refuses the data set naming it, ``skip`` leaves
+            it out and counts it.
     """
 
     rating_threshold: Optional[float] = None
     min_user_interactions: int = 0
     min_item_interactions: int = 0
     image_policy: str = "text_only"
+    on_bad_line: str = "error"
 
     def __post_init__(self) -> None:
         if self.image_policy not in IMAGE_POLICIES:
             raise SettingError(f"image_policy={self.image_policy!r} is not one of {', '.join(IMAGE_POLICIES)}")
+        if self.on_bad_line not in ON_BAD_LINE:
+            raise SettingError(f"on_bad_line={self.on_bad_line!r} is not one of {', '.join(ON_BAD_LINE)}")
 
 
 def k_core_mask(user_codes: np.ndarray, item_codes: np.ndarray, min_user: int, min_item: int) -> np.ndarray:
@@ -295,13 +305,28 @@ class CanonicalDataset:
             if "items_dropped_for_images" in stats:
                 rows.append(("dropped for their image (items / interactions)",
                              f"{stats['items_dropped_for_images']:,} / {stats['interactions_dropped_for_images']:,}"))
+        bad_lines = self.meta.get("bad_lines")
+        if bad_lines and bad_lines["policy"] == "skip":
+            rows.append(("bad raw lines skipped (on_bad_line: skip)", f"{bad_lines['skipped']:,}"))
         return rows
+
+    @property
+    def skipped_lines(self) -> list[str]:
+        """The first few raw lines that ``on_bad_line: skip`` left out, as ``file:line: reason: text``."""
+        return self.meta.get("bad_lines", {}).get("examples", [])
 
 
 def cache_key(source: InteractionSource, params: PrepareParams) -> str:
-    """Digest of the format version, the raw files and the preparation parameters."""
+    """Digest of the format version, the raw files and the preparation parameters.
+
+    ``on_bad_line: error``, the default, is left out, so data sets prepared before the policy existed keep
+    their key: a set prepared under ``skip`` may lack lines that one under ``error`` would have refused.
+    """
+    named = asdict(params)
+    if named["on_bad_line"] == "error":
+        del named["on_bad_line"]
     payload = json.dumps({"format": FORMAT_VERSION, "source": source.name, "files": source.fingerprint(),
-                          "params": asdict(params)}, sort_keys=True)
+                          "params": named}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -348,7 +373,12 @@ def prepare_dataset(source: InteractionSource, cache_dir: str, params: PreparePa
         return CanonicalDataset(final)
     cache_root.mkdir(parents=True, exist_ok=True)
     remove_abandoned_staging(final)
-    sequences, items, statistics = build_canonical_tables(source.read(), params)
+    bad_lines = BadLines(params.on_bad_line)
+    sequences, items, statistics = build_canonical_tables(source.read(bad_lines), params)
+    if bad_lines.skipped:
+        warnings.warn(f"on_bad_line: skip left out {bad_lines.skipped:,} bad raw lines ("
+                      + ", ".join(f"{count:,} in {path}" for path, count in bad_lines.by_file.items())
+                      + "); the first: " + bad_lines.examples[0], stacklevel=2)
     staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(final)}{os.getpid()}@{socket.gethostname()}-",
                                     dir=cache_root))
     try:
@@ -356,7 +386,8 @@ def prepare_dataset(source: InteractionSource, cache_dir: str, params: PreparePa
         datasets.Dataset(sequences).save_to_disk(str(staging / "sequences"))
         datasets.Dataset(items).save_to_disk(str(staging / "items"))
         meta = {"format": FORMAT_VERSION, "source": source.name, "params": asdict(params),
-                "raw_files": [str(path) for path in source.raw_files()], "statistics": statistics}
+                "raw_files": [str(path) for path in source.raw_files()], "statistics": statistics,
+                "bad_lines": bad_lines.summary()}
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
         try:
             os.rename(staging, final)

@@ -12,23 +12,72 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Hashable, Iterator, Optional
+from typing import Hashable, Iterator, Literal, Optional
 
 import numpy as np
 
-from molar_lightning.user_error import UserError
+from molar_lightning.user_error import SettingError, UserError
 
 
 class RawDataError(UserError, ValueError):
     """A raw input file is malformed; the message names the file, the line and the fix."""
 
 
-def line_error(path: Path, line_number: int, line: str, problem: str) -> RawDataError:
-    """Build the error for one bad line, quoting the offending text (shortened)."""
+def line_error(path: Path, line_number: int, line: Optional[str], problem: str) -> RawDataError:
+    """Build the error for one bad line, quoting the offending text (shortened) unless it is None."""
+    if line is None:
+        return RawDataError(f"{path}:{line_number}: {problem}")
     text = line.rstrip("\n")
     if len(text) > 200:
         text = text[:200] + "..."
     return RawDataError(f"{path}:{line_number}: {problem}: {text!r}")
+
+
+OnBadLine = Literal["error", "skip"]
+ON_BAD_LINE = ("error", "skip")
+
+
+class BadLines:
+    """What the readers do with a line they cannot use, and the count of those they left out.
+
+    Under ``error`` (the default) the first bad line refuses the data set, naming the file and the line; under
+    ``skip`` each bad line is left out and counted, so preparation can report how many, in which files, and
+    the first few with their reasons. Only a line's own fault is skippable: a file that cannot be read at all
+    (cut short, not gzip, the wrong header) is refused under either policy.
+
+    Args:
+        policy: ``error`` or ``skip``.
+    """
+
+    EXAMPLES = 5  # bad lines quoted in the report
+
+    def __init__(self, policy: OnBadLine = "error") -> None:
+        if policy not in ON_BAD_LINE:
+            raise SettingError(f"on_bad_line={policy!r} is not one of {', '.join(ON_BAD_LINE)}")
+        self.policy = policy
+        self.by_file: dict[str, int] = {}
+        self.examples: list[str] = []
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.by_file.values())
+
+    def skipped_in(self, path: Path) -> int:
+        return self.by_file.get(str(path), 0)
+
+    def report(self, path: Path, line_number: int, line: Optional[str], problem: str) -> None:
+        """Raise the error naming the line under ``error``; under ``skip`` count it and return, and the reader
+        goes on without the line."""
+        error = line_error(path, line_number, line, problem)
+        if self.policy == "error":
+            raise error
+        self.by_file[str(path)] = self.by_file.get(str(path), 0) + 1
+        if len(self.examples) < self.EXAMPLES:
+            self.examples.append(str(error))
+
+    def summary(self) -> dict:
+        """What ``meta.json`` records: the policy, the count, the count per file and the first few lines."""
+        return {"policy": self.policy, "skipped": self.skipped, "by_file": self.by_file, "examples": self.examples}
 
 
 INT64_RANGE = (-(1 << 63), (1 << 63) - 1)
@@ -72,44 +121,40 @@ def in_int64(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and INT64_RANGE[0] <= value <= INT64_RANGE[1]
 
 
-def first_non_utf8_line(path: Path) -> Optional[RawDataError]:
-    """The error for the first line of ``path`` that is not UTF-8, or None when every line is."""
-    with open(path, "rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as error:
-                return line_error(path, number, line.decode("utf-8", "replace"),
-                                  f"not UTF-8 ({error.reason} at byte {error.start}); re-encode the file as UTF-8 "
-                                  f"(e.g. iconv -f <its encoding> -t utf-8)")
-    return None
+def not_utf8(error: UnicodeDecodeError) -> str:
+    """What is wrong with a line that is not UTF-8, and the fix."""
+    return (f"not UTF-8 ({error.reason} at byte {error.start}); re-encode the file as UTF-8 (e.g. iconv -f <its "
+            f"encoding> -t utf-8)")
 
 
 class FirstSeen:
     """Where each id of a metadata file was first listed, so that a second listing is skipped when it repeats the
-    first exactly (real dumps do this) and refused, naming both lines, when it says something else.
+    first exactly (real dumps do this) and is a bad line, naming both lines, when it says something else.
 
     Args:
         path: the file being read.
         field: the id's name in that format, for the message.
+        bad_lines: what a conflicting second listing is: refused, or skipped (the first listing is kept).
     """
 
-    def __init__(self, path: Path, field: str) -> None:
-        self.path, self.field = path, field
+    def __init__(self, path: Path, field: str, bad_lines: BadLines) -> None:
+        self.path, self.field, self.bad_lines = path, field, bad_lines
         self.first: dict[str, tuple[int, int]] = {}  # id -> (line number, hash of the content)
         self.identical = 0
 
     def repeats(self, raw_id: str, number: int, line: str, content: Hashable = None) -> bool:
-        """Whether ``raw_id`` was listed before with the same ``content`` (default: the stripped line)."""
+        """Whether ``raw_id`` was listed before, so that this line is to be skipped: with the same ``content``
+        (default: the stripped line), or with other content under ``on_bad_line: skip``."""
         digest = hash(line.strip() if content is None else content)
         if raw_id not in self.first:
             self.first[raw_id] = (number, digest)
             return False
         first_line, first_digest = self.first[raw_id]
         if first_digest != digest:
-            raise line_error(self.path, number, line, f"duplicate {self.field} {raw_id!r}, first listed at line "
-                             f"{first_line} with different content; keep one of the two lines")
-        self.identical += 1
+            self.bad_lines.report(self.path, number, line, f"duplicate {self.field} {raw_id!r}, first listed at "
+                                  f"line {first_line} with different content; keep one of the two lines")
+        else:
+            self.identical += 1
         return True
 
 
@@ -170,8 +215,9 @@ class InteractionSource(ABC):
         """The files whose contents determine the prepared data set (used for the cache key)."""
 
     @abstractmethod
-    def read(self) -> RawInteractions:
-        """Stream the raw files into codes; raise :class:`RawDataError` naming file and line on bad input."""
+    def read(self, bad_lines: Optional[BadLines] = None) -> RawInteractions:
+        """Stream the raw files into codes; give each bad line to ``bad_lines`` (default: refuse it, raising
+        :class:`RawDataError` naming file and line)."""
 
     #: A folder of item images whose contents feed preparation (the image policy), or None.
     image_root: Optional[str] = None

@@ -27,6 +27,7 @@ from molar_lightning.serving.search import IndexKind, build_search
 from molar_lightning.user_error import MissingInputError
 
 MAX_K = 1000
+REFUSED_EXIT_STATUS = 1  # some request got an {"error": ...} answer (2 is for a mistake in the command itself)
 REQUEST_KEYS = ("user", "history", "k", "include_seen")
 
 
@@ -194,7 +195,8 @@ DESCRIPTION = "top-k items in raw ids for a user or an ad-hoc history, from an e
 
 
 def main(args: list[str]) -> None:
-    """``molar recommend``: prints one JSON answer per request (an ``{"error": ...}`` line for a bad one)."""
+    """``molar recommend``: prints one JSON answer per request (an ``{"error": ...}`` line for a bad one); exits
+    with status 1 when any request was refused, so a script can tell (``molar recommend ... || handle``)."""
     if "-h" in args or "--help" in args:
         print(usage("molar recommend [options]", DESCRIPTION, OPTIONS))
         return
@@ -205,8 +207,14 @@ def main(args: list[str]) -> None:
     requests = requests_of(options)
     needs_model = any(isinstance(request, dict) and "history" in request for request in requests)
     recommender = Recommender(options["export"], options.get("index", "exact"), histories=needs_model)
+    refused = 0
     for request in requests:
         try:
             print(json.dumps(recommender.recommend(request)))
         except RequestError as error:
             print(json.dumps({"error": str(error)}))
+            refused += 1
+    if refused:
+        print(f"{refused} of {len(requests)} requests refused: their answers are the {{\"error\": ...}} lines",
+              file=sys.stderr)
+        sys.exit(REFUSED_EXIT_STATUS)

@@ -82,8 +82,12 @@ def test_the_command_answers_json_lines(sasrec_export, tmp_path, capsys) -> None
     (export / "manifest.json").write_text(json.dumps(manifest))
     requests = tmp_path / "requests.jsonl"
     requests.write_text('{"user": "1", "k": 2}\n{"user": "ghost"}\n{"history": ["1", "2"], "k": 1}\n')
-    main(["recommend", "--export", str(export), "--requests", str(requests)])
-    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    with pytest.raises(SystemExit) as refused:  # one of the three was refused: the status says so
+        main(["recommend", "--export", str(export), "--requests", str(requests)])
+    assert refused.value.code == 1
+    printed = capsys.readouterr()
+    assert "1 of 3 requests refused" in printed.err
+    answers = [json.loads(line) for line in printed.out.splitlines()]
     assert len(answers) == 3 and answers[2]["history"] == ["1", "2"] and len(answers[2]["items"]) == 1
     assert answers[0]["user"] == "1" and len(answers[0]["items"]) == 2
     assert answers[1] == {"error": "unknown user id 'ghost': not in this export (its users are the data set's and "

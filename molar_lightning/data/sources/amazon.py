@@ -40,13 +40,13 @@ from tqdm.auto import tqdm
 
 from molar_lightning.data.image_names import image_file_name
 from molar_lightning.data.raw import (
+    BadLines,
     FirstSeen,
     InteractionSource,
     ItemRecord,
     RawDataError,
     RawInteractions,
     in_int64,
-    line_error,
     unreadable,
 )
 from molar_lightning.user_error import MissingInputError, SettingError
@@ -122,6 +122,35 @@ def _content_2014(entry: dict) -> tuple[ItemRecord, list[str]]:
     urls = _urls(entry.get("imUrl"))
     return ItemRecord(title=_text(entry.get("title")), description=_text(entry.get("description")),
                       attributes={k: v for k, v in attributes.items() if v}), urls
+
+
+def _review(line: bytes, required: list[str]) -> tuple[Optional[dict], Optional[str]]:
+    """One reviews line as ``(entry, None)``, or ``(None, what is wrong with it)``; ``required`` names the user,
+    item, time and rating fields."""
+    user, item, time, rating = required
+    try:
+        entry = json.loads(line)
+    except (ValueError, RecursionError) as bad:
+        return None, f"not valid JSON ({type(bad).__name__}: {bad})"
+    if not isinstance(entry, dict):
+        return None, "not a JSON object"
+    for name in required:
+        if entry.get(name) is None:
+            return None, (f"missing required field {name!r}; every review line needs {', '.join(required)} (check "
+                          f"that release matches the file)")
+    for name in (user, item):
+        if not isinstance(entry[name], str) or not entry[name].strip():
+            return None, f"field {name!r} is not a non-empty string"
+        try:
+            entry[name].encode("utf-8")
+        except UnicodeEncodeError:
+            return None, f"field {name!r} holds a lone surrogate (a \\ud800-\\udfff escape), which is not text"
+    if not in_int64(entry[time]):
+        return None, f"field {time!r} is not an integer of at most 64 bits"
+    value = entry[rating]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return None, f"field {rating!r} is not a finite number"
+    return entry, None
 
 
 @dataclass(frozen=True)
@@ -223,14 +252,16 @@ class Amazon(InteractionSource):
             )
         return [self.reviews_path] + ([self.meta_path] if self.meta_path.is_file() else [])
 
-    def read(self) -> RawInteractions:
+    def read(self, bad_lines: Optional[BadLines] = None) -> RawInteractions:
+        bad_lines = bad_lines or BadLines()
         self.raw_files()  # refuses a missing reviews file with the fix
-        users, items, timestamps, ratings = self._read_reviews(self.reviews_path)
+        users, items, timestamps, ratings = self._read_reviews(self.reviews_path, bad_lines)
         user_raw_ids, item_raw_ids = pc.unique(users), pc.unique(items)
         item_raw_ids_list = item_raw_ids.to_pylist()
         records = {}
         if self.meta_path.is_file():
-            records = {raw_id: record for raw_id, record, _ in self._read_meta(self.meta_path, set(item_raw_ids_list))}
+            records = {raw_id: record for raw_id, record, _ in self._read_meta(self.meta_path, set(item_raw_ids_list),
+                                                                              bad_lines)}
         if self.image_root is not None:  # where fetch-images puts it, metadata or not
             for raw_id in item_raw_ids_list:
                 records.setdefault(raw_id, ItemRecord()).image_path = os.path.join(self.image_root,
@@ -250,12 +281,12 @@ class Amazon(InteractionSource):
         if not self.meta_path.is_file():
             raise MissingInputError(f"no Amazon metadata file {self.meta_path}: it holds the image URLs; "
                                     f"name it with meta_file")
-        _, items, _, _ = self._read_reviews(self.reviews_path)
-        for raw_id, _, urls in self._read_meta(self.meta_path, set(pc.unique(items).to_pylist())):
+        _, items, _, _ = self._read_reviews(self.reviews_path, BadLines())
+        for raw_id, _, urls in self._read_meta(self.meta_path, set(pc.unique(items).to_pylist()), BadLines()):
             if urls:
                 yield raw_id, urls
 
-    def _read_reviews(self, path: Path) -> tuple[pa.ChunkedArray, pa.ChunkedArray, pa.ChunkedArray, pa.ChunkedArray]:
+    def _read_reviews(self, path: Path, bad_lines: BadLines) -> tuple[pa.ChunkedArray, ...]:
         """User ids, item ids, timestamps (source unit) and ratings, as Arrow columns."""
         layout = self.layout
         required = [layout.user_field, layout.item_field, layout.time_field, layout.rating_field]
@@ -275,59 +306,53 @@ class Amazon(InteractionSource):
             table = pa.Table.from_batches(batches, schema=schema)
             table.validate(full=True)  # the JSON parser lets bytes that are not UTF-8 into strings
         except (pa.ArrowInvalid, OSError) as error:
-            raise self._first_bad_review(path, required, error) from None
+            return self._reviews_line_by_line(path, schema, bad_lines, error)
         if table.num_rows == 0:
             raise RawDataError(f"{path} holds no reviews")
         ids = [table.column(name) for name in required[:2]]
         if (any(table.column(name).null_count for name in required)
                 or any(pc.any(pc.equal(pc.utf8_trim_whitespace(column), "")).as_py() for column in ids)
                 or not pc.all(pc.is_finite(table.column(layout.rating_field))).as_py()):
-            raise self._first_bad_review(path, required, None)
+            return self._reviews_line_by_line(path, schema, bad_lines, None)
         return tuple(table.column(name) for name in required)
 
-    def _first_bad_review(self, path: Path, required: list[str], error: Optional[Exception]) -> RawDataError:
-        """Scan ``path`` line by line for the first line the fast reader could not take, and describe it."""
-        user, item, time, rating = required
+    def _reviews_line_by_line(self, path: Path, schema: pa.Schema, bad_lines: BadLines,
+                              error: Optional[Exception]) -> tuple[pa.ChunkedArray, ...]:
+        """Read ``path`` again line by line where the fast reader could not take it whole: every bad line goes to
+        ``bad_lines`` (under ``error`` the first one refuses the file), and the good ones come back as the fast
+        reader gives them. A file in which no line is at fault cannot be parsed for another reason, and is
+        refused under either policy."""
+        values: list[list] = [[] for _ in schema.names]
         lines = 0
-        for number, line in _lines(path, show_progress=False):
-            lines += 1
-            text = line.decode("utf-8", "replace")
-            try:
-                entry = json.loads(line)
-            except (ValueError, RecursionError) as bad:
-                return line_error(path, number, text, f"not valid JSON ({type(bad).__name__}: {bad})")
-            if not isinstance(entry, dict):
-                return line_error(path, number, text, "not a JSON object")
-            for name in required:
-                if entry.get(name) is None:
-                    return line_error(path, number, text,
-                                      f"missing required field {name!r}; every review line needs "
-                                      f"{', '.join(required)} (check that release matches the file)")
-            for name in (user, item):
-                if not isinstance(entry[name], str) or not entry[name].strip():
-                    return line_error(path, number, text, f"field {name!r} is not a non-empty string")
-            if not in_int64(entry[time]):
-                return line_error(path, number, text, f"field {time!r} is not an integer of at most 64 bits")
-            value = entry[rating]
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                return line_error(path, number, text, f"field {rating!r} is not a finite number")
+        for lines, (number, line) in enumerate(_lines(path, self.show_progress), start=1):
+            entry, problem = _review(line, schema.names)
+            if problem:
+                bad_lines.report(path, number, line.decode("utf-8", "replace"), problem)
+                continue
+            for column, name in zip(values, schema.names):
+                column.append(entry[name])
         if not lines:
-            return RawDataError(f"{path} holds no reviews")
-        return RawDataError(f"{path}: could not be parsed ({error}), though every line is a JSON object with "
-                            f"{', '.join(required)}; a line longer than {BLOCK_BYTES >> 20} MiB would do this")
+            raise RawDataError(f"{path} holds no reviews")
+        if not bad_lines.skipped_in(path):
+            raise RawDataError(f"{path}: could not be parsed ({error}), though every line is a JSON object with "
+                               f"{', '.join(schema.names)}; a line longer than {BLOCK_BYTES >> 20} MiB would do this")
+        if not values[0]:
+            raise RawDataError(f"{path} holds no reviews: all {lines:,} of its lines were bad and skipped")
+        return tuple(pa.chunked_array([pa.array(column, field.type)]) for column, field in zip(values, schema))
 
-    def _read_meta(self, path: Path, wanted: set[str]) -> Iterator[tuple[str, ItemRecord, list[str]]]:
+    def _read_meta(self, path: Path, wanted: set[str],
+                   bad_lines: BadLines) -> Iterator[tuple[str, ItemRecord, list[str]]]:
         """``(item id, record, image urls)`` for every metadata line of a wanted item.
 
         A line is parsed only when its id is wanted (found first by a plain substring search; a line written
         with other spacing is simply parsed), so lines of items nobody reviewed are never checked. An item
-        listed twice is refused with both line numbers unless the two lines are identical: real metadata
+        listed twice is a bad line naming both line numbers unless the two lines are identical: real metadata
         files repeat some lines exactly, and those are skipped with one warning at the end.
         """
         layout, key = self.layout, self.layout.meta_item_field
         quote = "'" if layout.meta_is_python_literal else '"'
         marker = f"{quote}{key}{quote}: {quote}".encode()  # as json.dumps / repr write it
-        first_seen = FirstSeen(path, key)
+        first_seen = FirstSeen(path, key, bad_lines)
         for number, line in _lines(path, self.show_progress):
             start = line.find(marker)
             if start >= 0 and line.find(marker, start + 1) < 0:  # exactly one id-like field: read it unparsed
@@ -337,22 +362,28 @@ class Amazon(InteractionSource):
             try:
                 text = line.decode("utf-8")  # strict: json.loads(bytes) would let encoded surrogates through
             except UnicodeDecodeError as bad:
-                raise line_error(path, number, line.decode("utf-8", "replace"), f"not UTF-8 ({bad.reason} at byte "
-                                 f"{bad.start}); re-encode the file as UTF-8") from None
+                bad_lines.report(path, number, line.decode("utf-8", "replace"), f"not UTF-8 ({bad.reason} at byte "
+                                 f"{bad.start}); re-encode the file as UTF-8")
+                continue
             try:
                 entry = ast.literal_eval(text) if layout.meta_is_python_literal else json.loads(text)
             except (ValueError, SyntaxError, MemoryError, RecursionError) as bad:
                 kind = "a Python literal (the 2014 metadata format)" if layout.meta_is_python_literal else "valid JSON"
-                raise line_error(path, number, text, f"not {kind} ({type(bad).__name__}: {bad})") from None
+                bad_lines.report(path, number, text, f"not {kind} ({type(bad).__name__}: {bad})")
+                continue
             if not isinstance(entry, dict) or not isinstance(entry.get(key), str) or not entry[key].strip():
-                raise line_error(path, number, text, f"missing required field {key!r} (the item id)")
+                bad_lines.report(path, number, text, f"missing required field {key!r} (the item id)")
+                continue
             raw_id = entry[key]
-            if raw_id not in wanted or first_seen.repeats(raw_id, number, text):
+            if raw_id not in wanted:
                 continue
             try:
                 record, urls = layout.content(entry)
             except RecursionError:
-                raise line_error(path, number, text, "a field is nested too deeply to be read as text") from None
+                bad_lines.report(path, number, text, "a field is nested too deeply to be read as text")
+                continue
+            if first_seen.repeats(raw_id, number, text):
+                continue
             yield raw_id, record, urls
         if first_seen.identical:
             warnings.warn(f"{path}: skipped {first_seen.identical} metadata lines that repeat an earlier line "

@@ -23,13 +23,13 @@ from tqdm.auto import tqdm
 
 from molar_lightning.data.download import DownloadError, download, extract_zip
 from molar_lightning.data.raw import (
+    BadLines,
     Codebook,
     FirstSeen,
     InteractionSource,
     ItemRecord,
     RawDataError,
     RawInteractions,
-    line_error,
     parse_integer,
     parse_rating,
 )
@@ -113,7 +113,8 @@ class MovieLens(InteractionSource):
         extras = [self.data_dir / "item_text.jsonl"]
         return [ratings] + [path for path in [movies, *extras] if path.is_file()]
 
-    def read(self) -> RawInteractions:
+    def read(self, bad_lines: Optional[BadLines] = None) -> RawInteractions:
+        bad_lines = bad_lines or BadLines()
         ratings_path, movies_path, separator = self._require_layout()
         users, items = Codebook(), Codebook()
         user_codes, item_codes, timestamps = array("q"), array("q"), array("q")
@@ -121,25 +122,31 @@ class MovieLens(InteractionSource):
         for number, line in read_text_lines(ratings_path, self.show_progress):
             fields = line.split(separator)
             if len(fields) != 4:
-                raise line_error(ratings_path, number, line,
-                                 f"expected 4 fields UserID{separator}MovieID{separator}Rating{separator}Timestamp")
+                bad_lines.report(ratings_path, number, line, f"expected 4 fields UserID{separator}MovieID"
+                                 f"{separator}Rating{separator}Timestamp")
+                continue
             user, item = fields[0].strip(), fields[1].strip()
             if not user or not item:
-                raise line_error(ratings_path, number, line, f"empty {'UserID' if not user else 'MovieID'}")
+                bad_lines.report(ratings_path, number, line, f"empty {'UserID' if not user else 'MovieID'}")
+                continue
             rating, timestamp = parse_rating(fields[2]), parse_integer(fields[3])
             if rating is None:
-                raise line_error(ratings_path, number, line, "rating is not a finite decimal number")
+                bad_lines.report(ratings_path, number, line, "rating is not a finite decimal number")
+                continue
             if timestamp is None:
-                raise line_error(ratings_path, number, line, "timestamp is not an integer of at most 64 bits "
+                bad_lines.report(ratings_path, number, line, "timestamp is not an integer of at most 64 bits "
                                  "(Unix seconds, ASCII digits)")
+                continue
             user_codes.append(users.code(user))
             item_codes.append(items.code(item))
             ratings.append(rating)
             timestamps.append(timestamp)
         if not user_codes:
-            raise RawDataError(f"{ratings_path} holds no ratings")
-        records = self._read_movies(movies_path) if movies_path.is_file() else {}
-        self._add_extras(records)
+            skipped = bad_lines.skipped_in(ratings_path)
+            raise RawDataError(f"{ratings_path} holds no ratings"
+                               + (f": all {skipped:,} of its lines were bad and skipped" if skipped else ""))
+        records = self._read_movies(movies_path, bad_lines) if movies_path.is_file() else {}
+        self._add_extras(records, bad_lines)
         return RawInteractions(
             user_codes=np.frombuffer(user_codes, dtype=np.int64),
             item_codes=np.frombuffer(item_codes, dtype=np.int64),
@@ -150,30 +157,33 @@ class MovieLens(InteractionSource):
             items=records,
         )
 
-    def _read_movies(self, path: Path) -> dict[str, ItemRecord]:
-        """Title and genres by movie id; a movie listed twice with different content is refused."""
+    def _read_movies(self, path: Path, bad_lines: BadLines) -> dict[str, ItemRecord]:
+        """Title and genres by movie id; a movie listed twice with different content is a bad line."""
         records: dict[str, ItemRecord] = {}
-        first_seen = FirstSeen(path, "MovieID")
+        first_seen = FirstSeen(path, "MovieID", bad_lines)
         for number, line in read_text_lines(path, show_progress=False):
             if path.name == "u.item":
                 fields = line.split("|")
                 if len(fields) != 5 + len(ML100K_GENRES):
-                    raise line_error(path, number, line, f"expected {5 + len(ML100K_GENRES)} '|'-separated fields")
+                    bad_lines.report(path, number, line, f"expected {5 + len(ML100K_GENRES)} '|'-separated fields")
+                    continue
                 genres = [name for name, flag in zip(ML100K_GENRES, fields[5:]) if flag.strip() == "1"]
             else:
                 fields = line.split("::")
                 if len(fields) != 3:
-                    raise line_error(path, number, line, "expected 3 fields MovieID::Title::Genres")
+                    bad_lines.report(path, number, line, "expected 3 fields MovieID::Title::Genres")
+                    continue
                 genres = [genre for genre in fields[2].split("|") if genre]
             movie_id = fields[0].strip()
             if not movie_id:
-                raise line_error(path, number, line, "empty MovieID")
+                bad_lines.report(path, number, line, "empty MovieID")
+                continue
             if first_seen.repeats(movie_id, number, line):
                 continue
             records[movie_id] = ItemRecord(title=fields[1].strip(), attributes={"genres": ", ".join(genres)})
         return records
 
-    def _add_extras(self, records: dict[str, ItemRecord]) -> None:
+    def _add_extras(self, records: dict[str, ItemRecord], bad_lines: BadLines) -> None:
         """Attach posters and scraped plot text when the folder has them."""
         posters = Path(self.image_root)
         if posters.is_dir():
@@ -184,22 +194,25 @@ class MovieLens(InteractionSource):
         text_path = self.data_dir / "item_text.jsonl"
         if not text_path.is_file():
             return
-        first_seen = FirstSeen(text_path, "movie_id")
+        first_seen = FirstSeen(text_path, "movie_id", bad_lines)
         for number, line in read_text_lines(text_path, show_progress=False):
             try:
                 entry = json.loads(line)
             except (ValueError, RecursionError) as error:
-                raise line_error(text_path, number, line, f"not valid JSON ({type(error).__name__})") from None
+                bad_lines.report(text_path, number, line, f"not valid JSON ({type(error).__name__})")
+                continue
             movie_id = entry.get("movie_id") if isinstance(entry, dict) else None
             if isinstance(movie_id, bool) or not isinstance(movie_id, (int, str)) or not str(movie_id).strip():
-                raise line_error(text_path, number, line, "not a JSON object with a movie_id (a number or a string)")
-            movie_id = str(movie_id).strip()
-            if first_seen.repeats(movie_id, number, line):
+                bad_lines.report(text_path, number, line, "not a JSON object with a movie_id (a number or a string)")
                 continue
             fields = {key: _text_field(entry.get(key)) for key in ("title", "description", "director", "cast")}
             wrong = [key for key, value in fields.items() if value is None]
             if wrong:
-                raise line_error(text_path, number, line, f"{', '.join(wrong)}: expected text or a list of texts")
+                bad_lines.report(text_path, number, line, f"{', '.join(wrong)}: expected text or a list of texts")
+                continue
+            if first_seen.repeats(str(movie_id).strip(), number, line):
+                continue
+            movie_id = str(movie_id).strip()
             record = records.setdefault(movie_id, ItemRecord(title=fields["title"]))
             record.description = fields["description"]
             for key in ("director", "cast"):

@@ -17,6 +17,7 @@ description become the item's text; the engagement counts are platform-lifetime 
 interactions, and are not used.
 """
 
+import codecs
 import csv
 import os
 from pathlib import Path
@@ -29,39 +30,56 @@ import pyarrow.csv as pa_csv
 from tqdm.auto import tqdm
 
 from molar_lightning.data.raw import (
+    BadLines,
     FirstSeen,
     InteractionSource,
     ItemRecord,
     RawDataError,
     RawInteractions,
-    first_non_utf8_line,
     line_error,
+    not_utf8,
     parse_integer,
-    unreadable,
 )
 from molar_lightning.user_error import MissingInputError
 
 INTERACTION_COLUMNS = ("item_id", "user_id", "timestamp")
 
 
-def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """``(line number, fields)`` of the non-empty rows of a UTF-8 CSV file; a file that is not UTF-8, or a row
-    the csv module cannot take (a field over its 131,072-character limit), is refused naming the line."""
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
+def _text_lines(path: Path, bad_lines: BadLines) -> Iterator[str]:
+    """The lines of ``path`` as text, without a leading byte-order mark; a line that is not UTF-8 goes to
+    ``bad_lines`` and reads as an empty line, so the csv module's line numbers stay those of the file."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if number == 1 and line.startswith(codecs.BOM_UTF8):
+                line = line[len(codecs.BOM_UTF8):]
+            try:
+                yield line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                bad_lines.report(path, number, line.decode("utf-8", "replace"), not_utf8(error))
+                yield "\n"
+
+
+def _rows(path: Path, bad_lines: BadLines) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, fields)`` of the non-empty rows of a UTF-8 CSV file; a line that is not UTF-8, or a row
+    the csv module cannot take (a field over its 131,072-character limit), is a bad line."""
+    reader = csv.reader(_text_lines(path, bad_lines))
+    while True:
         try:
-            for row in reader:
-                if row:
-                    yield reader.line_num, row
-        except UnicodeDecodeError as error:
-            raise first_non_utf8_line(path) or unreadable(path, reader.line_num, error) from None
-        except csv.Error as error:
-            raise RawDataError(f"{path}:{reader.line_num}: the row cannot be read as CSV ({error}); shorten the "
-                               f"field or remove the row") from None
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:  # the module reads on from the next line
+            bad_lines.report(path, reader.line_num, None, f"the row cannot be read as CSV ({error}); shorten the "
+                             f"field or remove the row")
+            continue
+        if row:
+            yield reader.line_num, row
 
 
 def _header(path: Path) -> list[str]:
-    return next((row for _, row in _rows(path)), [])
+    """The first row, read under ``on_bad_line: error`` whatever the policy: a file without its header cannot
+    be read."""
+    return next((row for _, row in _rows(path, BadLines())), [])
 
 
 def _require_header(path: Path, required: tuple[str, ...]) -> list[str]:
@@ -72,6 +90,19 @@ def _require_header(path: Path, required: tuple[str, ...]) -> list[str]:
                          f"header lacks {', '.join(missing)}; a PixelRec file here needs the columns "
                          f"{', '.join(required)} (is this the right file, or the other of the two CSVs?)")
     return header
+
+
+def _interaction_problem(row: list[str], header: list[str], position: list[int]) -> Optional[str]:
+    """What is wrong with one interactions row, or None; ``position`` holds the columns of item_id, user_id and
+    timestamp."""
+    if len(row) != len(header):
+        return f"expected {len(header)} fields ({','.join(header)}), got {len(row)}"
+    for name, column in zip(INTERACTION_COLUMNS[:2], position):
+        if not row[column].strip():
+            return f"empty {name}"
+    if parse_integer(row[position[2]]) is None:
+        return "timestamp is not an integer of at most 64 bits (Unix seconds)"
+    return None
 
 
 class PixelRec(InteractionSource):
@@ -106,12 +137,15 @@ class PixelRec(InteractionSource):
             )
         return [self.interactions_path] + ([self.items_path] if self.items_path.is_file() else [])
 
-    def read(self) -> RawInteractions:
+    def read(self, bad_lines: Optional[BadLines] = None) -> RawInteractions:
+        bad_lines = bad_lines or BadLines()
         self.raw_files()
-        items, users, timestamps = self._read_interactions(self.interactions_path)
+        items, users, timestamps = self._read_interactions(self.interactions_path, bad_lines)
         user_raw_ids, item_raw_ids = pc.unique(users), pc.unique(items)
         item_raw_ids_list = item_raw_ids.to_pylist()
-        records = self._read_items(self.items_path, set(item_raw_ids_list)) if self.items_path.is_file() else {}
+        records = {}
+        if self.items_path.is_file():
+            records = self._read_items(self.items_path, set(item_raw_ids_list), bad_lines)
         if self.image_root is not None:
             for raw_id in item_raw_ids_list:
                 records.setdefault(raw_id, ItemRecord()).image_path = os.path.join(self.image_root, f"{raw_id}.jpg")
@@ -125,7 +159,7 @@ class PixelRec(InteractionSource):
             items=records,
         )
 
-    def _read_interactions(self, path: Path) -> tuple[pa.ChunkedArray, pa.ChunkedArray, pa.ChunkedArray]:
+    def _read_interactions(self, path: Path, bad_lines: BadLines) -> tuple[pa.ChunkedArray, ...]:
         _require_header(path, INTERACTION_COLUMNS)
         options = pa_csv.ConvertOptions(
             column_types={"item_id": pa.string(), "user_id": pa.string(), "timestamp": pa.int64()},
@@ -141,45 +175,56 @@ class PixelRec(InteractionSource):
                     batches.append(batch)
                     progress.update(batch.num_rows)
         except (pa.ArrowInvalid, OSError) as error:
-            raise self._first_bad_row(path, error) from None
+            return self._interactions_row_by_row(path, bad_lines, error)
         table = pa.Table.from_batches(batches, schema=reader.schema)
         if table.num_rows == 0:
             raise RawDataError(f"{path} holds no interactions")
         columns = [table.column(name) for name in INTERACTION_COLUMNS]
         if columns[2].null_count or any(pc.any(pc.equal(pc.utf8_trim_whitespace(column), "")).as_py()
                                         for column in columns[:2]):
-            raise self._first_bad_row(path, None)
+            return self._interactions_row_by_row(path, bad_lines, None)
         return tuple(columns)
 
-    def _first_bad_row(self, path: Path, error: Optional[Exception]) -> RawDataError:
-        """Scan the CSV with :mod:`csv` for the first row the fast reader could not take, and describe it."""
-        rows = _rows(path)
+    def _interactions_row_by_row(self, path: Path, bad_lines: BadLines,
+                                 error: Optional[Exception]) -> tuple[pa.ChunkedArray, ...]:
+        """Read the CSV again with :mod:`csv` where the fast reader could not take it whole: every bad row goes to
+        ``bad_lines`` (under ``error`` the first one refuses the file), and the good ones come back as the fast
+        reader gives them. A file in which no row is at fault cannot be parsed for another reason, and is
+        refused under either policy."""
+        rows = _rows(path, bad_lines)
         _, header = next(rows)
-        position = {name: header.index(name) for name in INTERACTION_COLUMNS}
-        for number, row in rows:
-            text = ",".join(row)
-            if len(row) != len(header):
-                return line_error(path, number, text, f"expected {len(header)} fields ({','.join(header)}), "
-                                  f"got {len(row)}")
-            for name in ("item_id", "user_id"):
-                if not row[position[name]].strip():
-                    return line_error(path, number, text, f"empty {name}")
-            if parse_integer(row[position["timestamp"]]) is None:
-                return line_error(path, number, text, "timestamp is not an integer of at most 64 bits (Unix seconds)")
-        return RawDataError(f"{path}: could not be parsed ({error}), though every row has item_id, user_id and "
-                            f"an integer timestamp")
+        position = [header.index(name) for name in INTERACTION_COLUMNS]
+        items, users, timestamps = [], [], []
+        for number, row in tqdm(rows, desc=f"reading {path.name} row by row", unit=" rows", mininterval=1.0,
+                                disable=not self.show_progress):
+            problem = _interaction_problem(row, header, position)
+            if problem:
+                bad_lines.report(path, number, ",".join(row), problem)
+                continue
+            items.append(row[position[0]])
+            users.append(row[position[1]])
+            timestamps.append(parse_integer(row[position[2]]))
+        if not bad_lines.skipped_in(path):
+            raise RawDataError(f"{path}: could not be parsed ({error}), though every row has item_id, user_id and "
+                               f"an integer timestamp")
+        if not items:
+            raise RawDataError(f"{path} holds no interactions: all {bad_lines.skipped_in(path):,} of its rows were "
+                               f"bad and skipped")
+        return (pa.chunked_array([pa.array(items, pa.string())]), pa.chunked_array([pa.array(users, pa.string())]),
+                pa.chunked_array([pa.array(timestamps, pa.int64())]))
 
-    def _read_items(self, path: Path, wanted: set[str]) -> dict[str, ItemRecord]:
-        """Title, tag and description of the wanted items; a conflicting duplicate item row is refused."""
+    def _read_items(self, path: Path, wanted: set[str], bad_lines: BadLines) -> dict[str, ItemRecord]:
+        """Title, tag and description of the wanted items; a conflicting duplicate item row is a bad line."""
         header = _require_header(path, ("item_id",))
         records: dict[str, ItemRecord] = {}
-        first_seen = FirstSeen(path, "item_id")
-        rows = _rows(path)
+        first_seen = FirstSeen(path, "item_id", bad_lines)
+        rows = _rows(path, bad_lines)
         next(rows)
         for number, fields in rows:
             text = ",".join(fields)
             if len(fields) != len(header):
-                raise line_error(path, number, text, f"expected {len(header)} fields ({','.join(header)})")
+                bad_lines.report(path, number, text, f"expected {len(header)} fields ({','.join(header)})")
+                continue
             row = dict(zip(header, fields))
             item_id = row["item_id"].strip()
             if item_id not in wanted:

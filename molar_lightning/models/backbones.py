@@ -21,6 +21,7 @@ batch. A batch of items is built with one image-processor call and one tokenizer
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Literal, Optional, Sequence, Union
 
 import torch
@@ -41,6 +42,8 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
+
+from molar_lightning.user_error import MissingInputError
 
 Finetuning = Literal["frozen", "full", "lora"]
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -304,6 +307,41 @@ class Backbone:
                 "cross_attention_mask": torch.from_numpy(mask).to(input_ids.device)}
 
 
+WHAT_TO_GIVE = ("give a hub name (e.g. Qwen/Qwen2-VL-2B-Instruct) or a folder written by save_pretrained (it holds "
+                "config.json, the tokenizer and, for an image-text model, the image processor)")
+
+
+def _check_source(name_or_path: str, needs_config: bool) -> None:
+    """Refuse a backbone that names a local folder which is not there (or holds no ``config.json`` where the
+    weights come from it), before ``transformers`` would take it for a hub name and fail on the repo id.
+
+    Anything else that is no local folder may be a hub name (``name`` or ``namespace/name``); the hub, or
+    offline its cache, is asked for it, and :func:`_from_hub` words what that refuses.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if needs_config and not (path / "config.json").is_file():
+            raise MissingInputError(f"backbone {name_or_path!r}: the folder holds no config.json; {WHAT_TO_GIVE}")
+        return
+    if path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1:
+        raise MissingInputError(f"backbone {name_or_path!r}: no such folder (and a hub name has at most one '/'); "
+                                f"{WHAT_TO_GIVE}")
+
+
+def _from_hub(load: Callable, name_or_path: str, **options):
+    """``load(name_or_path, **options)``; the ``OSError`` with which ``transformers`` refuses a name the hub (or its
+    cache, offline) does not have becomes one message naming the backbone."""
+    try:
+        return load(name_or_path, **options)
+    except OSError as error:
+        if Path(name_or_path).expanduser().is_dir():
+            raise  # a local folder that cannot be read is not a naming mistake
+        reason = " ".join(str(error).split()).rstrip(".")
+        raise MissingInputError(f"backbone {name_or_path!r} is no local folder, and the hub cannot give it ({reason}); "
+                                f"check the name and the network (offline, only the hub cache is read), or give a "
+                                f"folder written by save_pretrained") from error
+
+
 def _as_config(config: Union[dict, PretrainedConfig]) -> PretrainedConfig:
     if isinstance(config, PretrainedConfig):
         return config
@@ -357,8 +395,9 @@ def load_backbone(
         except ImportError:
             raise ImportError("attn_implementation: flash_attention_2 needs `pip install flash-attn`; "
                               "or use sdpa") from None
-    model_config = _as_config(config) if config is not None else AutoConfig.from_pretrained(
-        name_or_path, trust_remote_code=trust_remote_code)
+    _check_source(name_or_path, needs_config=config is None)
+    model_config = _as_config(config) if config is not None else _from_hub(
+        AutoConfig.from_pretrained, name_or_path, trust_remote_code=trust_remote_code)
     kind = backbone_kind(model_config)
     auto_class = {"vision_language": AutoModelForImageTextToText, "decoder": AutoModelForCausalLM,
                   "encoder": AutoModel}[kind]
@@ -371,7 +410,7 @@ def load_backbone(
     else:
         model = auto_class.from_config(model_config, **options)
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    tokenizer = _from_hub(AutoTokenizer.from_pretrained, name_or_path, trust_remote_code=trust_remote_code)
     if extra_special_tokens:
         tokenizer.add_special_tokens({"additional_special_tokens": list(extra_special_tokens)},
                                      replace_extra_special_tokens=False)

@@ -2,14 +2,19 @@
 fine-tuning mode, inputs match the real processor where torchvision exists, and unsupported models are
 refused with the supported families named."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from molar_lightning.commands import main
 from molar_lightning.models.backbones import UnsupportedBackboneError, load_backbone
+from molar_lightning.user_error import MissingInputError
 from molar_lightning.models.mirm import MultimodalItemEncoder
-from tests.models.conftest import IMAGE_SIZE, TINY_QWEN2_VL, poster
+from tests.models.conftest import IMAGE_SIZE, TINY_QWEN2, TINY_QWEN2_VL, poster
 
 
 def test_a_folder_loads_like_a_hub_checkpoint_and_a_config_builds_the_same_model(tiny_qwen2_vl_dir: Path) -> None:
@@ -70,3 +75,37 @@ def test_flash_attention_without_flash_attn_says_how_to_get_it() -> None:
         pass
     with pytest.raises(ImportError, match="pip install flash-attn"):
         load_backbone("any/checkpoint", attn_implementation="flash_attention_2")
+
+
+def test_a_backbone_folder_that_is_not_there_is_one_message_on_the_cli(ml1m_dir: Path, tmp_path: Path,
+                                                                       capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "configs/movielens/molar.yaml", "--data.init_args.data_dir", str(ml1m_dir),
+              "--data.init_args.cache_dir", str(tmp_path / "cache"), "--trainer.default_root_dir", str(tmp_path),
+              "--model.init_args.user_encoder.init_args.backbone", "/no/such/folder"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    assert ("error: backbone '/no/such/folder': no such folder (and a hub name has at most one '/'); give a hub "
+            "name (e.g. Qwen/Qwen2-VL-2B-Instruct) or a folder written by save_pretrained") in error
+
+
+def test_a_backbone_folder_without_config_json_is_refused(qwen_tokenizer_dir: Path) -> None:
+    assert not (qwen_tokenizer_dir / "config.json").exists()  # a tokenizer alone
+    with pytest.raises(MissingInputError, match=rf"backbone '{qwen_tokenizer_dir}': the folder holds no config.json"):
+        load_backbone(str(qwen_tokenizer_dir))
+    built = load_backbone(str(qwen_tokenizer_dir), config=TINY_QWEN2)  # with config= only the tokenizer is read
+    assert built.hidden_size == TINY_QWEN2["hidden_size"]
+
+
+@pytest.mark.slow  # a fresh interpreter: the hub library reads HF_HUB_OFFLINE when it is imported
+def test_a_hub_name_goes_to_the_hub_and_its_refusal_is_one_message() -> None:
+    """Offline (no network here), the hub's cache is asked and has no such model: the library's reason, worded."""
+    script = ("from molar_lightning.models.backbones import load_backbone\n"
+              "try:\n    load_backbone('nobody-here/no-such-model')\n"
+              "except Exception as error:\n    print(type(error).__name__, error)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.stdout.startswith("MissingInputError backbone 'nobody-here/no-such-model' is no local folder, and "
+                                    "the hub cannot give it (")
+    assert "check the name and the network" in result.stdout

@@ -1,5 +1,8 @@
 """SIGTERM in the middle of an epoch of ``molar fit`` exits with status 143 and no test run, and leaves a checkpoint
-from which ``--ckpt_path`` resumes to a finished, tested run (slow: both as real processes)."""
+from which ``--ckpt_path`` resumes to a finished, tested run (slow: both as real processes); SIGTERM during the
+test after training exits with 143 too, saying that the test did not finish and how to run it."""
+
+import logging
 
 import os
 import signal
@@ -30,6 +33,15 @@ class SIGTERMAt(pl.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class SIGTERMInTest(pl.Callback):
+    """Sends this process SIGTERM after the first test batch (of several, so the test loop stops on it)."""
+
+    def on_test_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def arguments(run: Path, data_dir: Path, *extra: str) -> list[str]:
     return ["fit", "--config", str(ROOT / "configs/movielens/sasrec.yaml"), "--data.init_args.data_dir", str(data_dir),
             "--data.init_args.cache_dir", str(run.parent / "cache"), "--data.init_args.batch_size", "2",
@@ -52,6 +64,24 @@ def test_sigterm_stops_fit_with_status_143_and_a_checkpoint(ml1m_dir: Path, tmp_
     assert not list(run.rglob("results.md"))  # fit's test never ran
     assert_saved_mid_epoch(run / "interrupted.ckpt")
     assert not list(run.glob("*.partial"))
+
+
+def test_sigterm_during_fits_test_says_the_test_did_not_finish(ml1m_dir: Path, tmp_path: Path, capsys,
+                                                                caplog) -> None:
+    run = tmp_path / "run"
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as exit_info:
+        main(arguments(run, ml1m_dir, "--trainer.max_epochs", "1", "--data.init_args.eval_batch_size", "2",
+                       f"--trainer.callbacks+={__name__}.SIGTERMInTest"))
+    assert exit_info.value.code == 143
+    assert "stopped by SIGTERM" in capsys.readouterr().err
+    assert not list(run.rglob("results.md"))
+    assert not (run / "interrupted.ckpt").exists()  # training had finished: its own checkpoints hold it
+    (best,) = run.rglob("best-*.ckpt")
+    (config,) = run.rglob("config.yaml")
+    (message,) = [record.getMessage() for record in caplog.records if record.getMessage().startswith("SIGTERM")]
+    assert message == (f"SIGTERM: training had finished and its checkpoints are saved, but the test after it did not "
+                       f"finish (no results were written); run it with: molar test --config {config} --ckpt_path "
+                       f"{best}")
 
 
 def fit(run: Path, data_dir: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -17,15 +17,10 @@ refuses the data set naming the file and line, ``skip`` prepares without it; the
 and first few reasons go into ``meta.json`` and the statistics table, and the policy into the cache key.
 """
 
-import glob
 import hashlib
 import json
 import os
-import re
 import shutil
-import socket
-import tempfile
-import time
 import warnings
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -38,13 +33,13 @@ import pyarrow as pa
 
 from molar_lightning.data.image_check import MISSING, image_problem
 from molar_lightning.data.raw import ON_BAD_LINE, BadLines, InteractionSource, RawDataError, RawInteractions
+from molar_lightning.data.staging import make_staging, remove_abandoned_staging
 from molar_lightning.user_error import MissingInputError, SettingError
 
 FORMAT_VERSION = 1
 MIN_LEAVE_ONE_OUT_LENGTH = 3  # one training item, one validation item, one test item
 IMAGE_POLICIES = ("text_only", "drop_item", "error")
 MAX_INT64_DIGITS = 18  # every id of at most 18 digits fits int64
-STALE_AFTER_SECONDS = 24 * 3600  # a staging folder of another machine this old is taken as abandoned
 
 
 @dataclass(frozen=True)
@@ -330,38 +325,6 @@ def cache_key(source: InteractionSource, params: PrepareParams) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _staging_prefix(final: Path) -> str:
-    """Staging folders of ``final`` start with this; the writer's process id and host follow, then a random tail."""
-    return f".staging-{final.name}-"
-
-
-def _abandoned(staging: Path, prefix: str) -> bool:
-    """Whether ``staging`` was left by a writer that is gone: a process of this host that no longer runs, or
-    (another host's, or a folder named before the process and host were recorded) untouched for a day."""
-    owner = re.fullmatch(r"(\d+)@(.+)-[^-]+", staging.name[len(prefix):])
-    if owner and owner.group(2) == socket.gethostname():
-        try:
-            os.kill(int(owner.group(1)), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False  # runs, under another user
-        return False
-    try:
-        return time.time() - staging.stat().st_mtime > STALE_AFTER_SECONDS
-    except FileNotFoundError:
-        return False  # its writer just renamed or removed it
-
-
-def remove_abandoned_staging(final: Path) -> list[Path]:
-    """Delete the staging folders of ``final`` that a killed run left (a live writer's are kept); return them."""
-    prefix = _staging_prefix(final)
-    removed = [staging for staging in final.parent.glob(f"{glob.escape(prefix)}*") if _abandoned(staging, prefix)]
-    for staging in removed:
-        shutil.rmtree(staging, ignore_errors=True)
-    return removed
-
-
 def prepare_dataset(source: InteractionSource, cache_dir: str, params: PrepareParams) -> CanonicalDataset:
     """Return the canonical data set for ``source`` and ``params``, preparing it only on a cache miss.
 
@@ -372,15 +335,14 @@ def prepare_dataset(source: InteractionSource, cache_dir: str, params: PreparePa
     if (final / "meta.json").is_file():
         return CanonicalDataset(final)
     cache_root.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_staging(final)
+    remove_abandoned_staging(cache_root, final.name)
     bad_lines = BadLines(params.on_bad_line)
     sequences, items, statistics = build_canonical_tables(source.read(bad_lines), params)
     if bad_lines.skipped:
         warnings.warn(f"on_bad_line: skip left out {bad_lines.skipped:,} bad raw lines ("
                       + ", ".join(f"{count:,} in {path}" for path, count in bad_lines.by_file.items())
                       + "); the first: " + bad_lines.examples[0], stacklevel=2)
-    staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(final)}{os.getpid()}@{socket.gethostname()}-",
-                                    dir=cache_root))
+    staging = make_staging(cache_root, final.name)
     try:
         datasets.disable_progress_bars()  # writing takes well under a second; its bars would only be noise
         datasets.Dataset(sequences).save_to_disk(str(staging / "sequences"))

@@ -1,9 +1,12 @@
 """The MovieLens download against a local server on 127.0.0.1: the published digest is checked, the archive is
-unpacked through a staging folder, and a wrong digest, a zip-slip member, a body over the cap or a server that
-drips past the timeout are refused with one message and leave nothing that reads as MovieLens."""
+unpacked through a staging folder (the next download removes one that a killed download left), and a wrong
+digest, a zip-slip member, a body over the cap or a server that drips past the timeout are refused with one
+message and leave nothing that reads as MovieLens."""
 
 import hashlib
 import io
+import os
+import socket
 import threading
 import time
 import zipfile
@@ -15,6 +18,7 @@ import pytest
 from molar_lightning.data.sources import movielens
 from molar_lightning.data.sources.movielens import MovieLens, download_movielens
 from molar_lightning.user_error import UserError
+from tests.data.test_readers_hostile import dead_pid
 
 
 class ArchiveHandler(BaseHTTPRequestHandler):
@@ -87,6 +91,21 @@ def test_download_checks_the_digest_and_unpacks(grouplens, ml1m_dir: Path, tmp_p
     assert source.read().item_raw_ids == expected.item_raw_ids
     MovieLens(str(data_dir), download=True, show_progress=False)  # present: not downloaded again
     assert grouplens.requests == 1
+
+
+def test_the_next_download_removes_the_staging_folder_a_killed_one_left(grouplens, ml1m_dir: Path,
+                                                                         tmp_path: Path) -> None:
+    grouplens.serve(archive(grouplens_members(ml1m_dir)))
+    data_dir, host = tmp_path / "downloaded", socket.gethostname()
+    killed = data_dir / f".staging-download-{dead_pid()}@{host}-abc123"  # a SIGKILLed download's
+    running = data_dir / f".staging-download-{os.getpid()}@{host}-def456"  # a live one's (this process)
+    unnamed = data_dir / ".staging-download-ghi789"  # named before the owner was recorded, two days old
+    for folder in (killed, running, unnamed):
+        (folder / "unpacked").mkdir(parents=True)
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(unnamed, (two_days_ago, two_days_ago))
+    download_movielens("ml-1m", data_dir)
+    assert leftovers(data_dir) == sorted([running.name, "movies.dat", "ratings.dat"])
 
 
 def test_a_wrong_digest_is_refused_and_nothing_is_unpacked(grouplens, ml1m_dir: Path, tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from array import array
 from pathlib import Path
 from typing import Iterator, Optional
@@ -33,6 +32,7 @@ from molar_lightning.data.raw import (
     parse_integer,
     parse_rating,
 )
+from molar_lightning.data.staging import make_staging, remove_abandoned_staging
 from molar_lightning.user_error import MissingInputError, UserError
 
 DOWNLOAD_URLS = {
@@ -243,7 +243,8 @@ def download_movielens(variant: str, data_dir: Path, timeout: float = DOWNLOAD_T
     """Download a GroupLens MovieLens archive, check its published digest and unpack it into ``data_dir``.
 
     The archive and its files go to a staging folder inside ``data_dir`` first and are moved into place one
-    by one, the ratings file last, so a killed download never leaves a folder that reads as MovieLens. A
+    by one, the ratings file last, so a killed download never leaves a folder that reads as MovieLens (and the
+    next download removes the staging folder a killed one left, :mod:`~molar_lightning.data.staging`). A
     wrong digest, a member that would land outside the folder (zip-slip), a body over the cap or a download
     slower than ``timeout`` seconds refuses the archive before any file is moved.
     """
@@ -251,7 +252,8 @@ def download_movielens(variant: str, data_dir: Path, timeout: float = DOWNLOAD_T
         raise UserError(f"unknown MovieLens variant {variant!r}; choose one of {sorted(DOWNLOAD_URLS)}")
     url, (algorithm, expected) = DOWNLOAD_URLS[variant], ARCHIVE_DIGESTS[variant]
     data_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-download-", dir=data_dir))
+    remove_abandoned_staging(data_dir, "download")
+    staging = make_staging(data_dir, "download")
     try:
         archive = staging / f"{variant}.zip"
         try:

@@ -262,6 +262,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/benchmarks/recbole_side_by_side")
     args = parser.parse_args()
     args.recbole_budget, args.our_budget = dict(args.recbole_budget), dict(args.our_budget)
+    args.out = str(Path(args.out).resolve())  # the RecBole driver runs in a folder of its own
     if not Path(args.recbole_python).is_file():
         parser.error(f"--recbole-python {args.recbole_python} does not exist; make the venv as the docstring of "
                      f"{Path(__file__).name} says")

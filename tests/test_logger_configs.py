@@ -26,6 +26,13 @@ LOGGER_CONFIGS = sorted((ROOT / "configs" / "logger").glob("*.yaml"))
 HIDDEN_SIZE = 64  # configs/movielens/sasrec.yaml's SASRec, as the loggers must record it
 
 
+@pytest.fixture(autouse=True)
+def away_from_the_checkout(tmp_path: Path, monkeypatch) -> None:
+    """Run in ``tmp_path``, so that a tracker writing into its default folder (``./mlruns``, ``./wandb``) instead
+    of the run folder fails its test without leaving files in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 def fit(logger: str, data_dir: Path, work: Path, *overrides: str) -> dict:
     """``molar fit`` of the MovieLens SASRec row for one epoch on the fixture, with ``configs/logger/<logger>.yaml``
     composed after it, into ``work/run``; returns the validation entry of ``validation_history.json``."""

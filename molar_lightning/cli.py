@@ -9,6 +9,7 @@ rebuilds its model (``Task.load_from_checkpoint(path)``, ``molar test --ckpt_pat
 """
 
 import sys
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from lightning.pytorch import LightningModule, Trainer
@@ -52,6 +53,15 @@ class MolarCLI(LightningCLI):
                              "checkpoint.save_last": True, "checkpoint.filename": "best-{epoch}"})
         for name in self.encoder_links:
             parser.link_arguments(f"data.{name}", f"model.init_args.encoder.init_args.{name}", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        """A resumed fit writes its checkpoints beside the one it resumes from (unless ``checkpoint.dirpath`` is
+        set): ModelCheckpoint forgets which checkpoint was best when its folder changes, as it does when the logger
+        starts a new version, and the final test would then take the first one saved after the resume."""
+        config = self.config.get(self.subcommand) if self.subcommand == "fit" else None
+        resumed = config.get("ckpt_path") if config is not None else None
+        if resumed and resumed not in ("last", "best", "hpc", "registry") and config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = str(Path(resumed).resolve().parent)
 
     def fit(self, model: LightningModule, **kwargs: Any) -> None:
         """Train, then test the best checkpoint (the last weights when checkpointing is off)."""

@@ -120,7 +120,7 @@ def test_molar_help_lists_every_command(capsys) -> None:
     main(["--help"])
     listed = [line.split("  ")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
     assert listed == ["fit", "validate", "test", "predict", "prepare", "data fetch-images", "embed", "quickstart",
-                      "export", "recommend", "serve"]
+                      "export", "recommend", "serve", "reproduce"]
 
 
 DOCUMENTED_HELP = [shlex.split(line.split("#")[0])[1:] for line in (ROOT / "docs/cli.md").read_text().splitlines()

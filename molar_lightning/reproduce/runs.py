@@ -103,14 +103,13 @@ class Runner:
         if record.is_file():
             return self._finished(record, arguments)
         last = sorted(folder.rglob("last.ckpt"), key=lambda path: path.stat().st_mtime)
-        if last:
-            arguments += ["--ckpt_path", str(last[-1])]
+        resume = ["--ckpt_path", str(last[-1])] if last else []
         self.say(f"{row.name}, seed {seed}: fitting {run_key(row)}{' (resumed)' if last else ''} into {folder}")
         started = time.perf_counter()
         try:
             with warnings.catch_warnings():  # LightningCLI warns that sys.argv (molar reproduce's) is not its own
                 warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended")
-                cli = build_cli(["fit", *arguments])
+                cli = build_cli(["fit", *arguments, *resume])
         except (UserError, SIGTERMException, KeyboardInterrupt):
             raise
         except Exception as error:  # one row's failure (a collapse, say) must not lose the others

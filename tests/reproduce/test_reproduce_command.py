@@ -93,6 +93,19 @@ def test_a_second_call_reads_the_finished_runs_back(out: Path, data: Path) -> No
     assert (out / "table5.csv").read_text() == before
 
 
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(out: Path, data: Path) -> None:
+    """A run stopped after its last checkpoint (no outcome.json yet) resumes and then reads back like the rest."""
+    record = out / "runs" / "molar" / "seed1" / "outcome.json"
+    finished = json.loads(record.read_text())
+    record.unlink()
+    command = ["reproduce", "--fast", "--data-dir", str(data), *ROWS, "--out", str(out)]
+    main(command)
+    resumed = json.loads(record.read_text())
+    assert Path(resumed["log_dir"]).name == "version_1"  # a second version, started from version_0's last.ckpt
+    assert resumed["test"] == finished["test"] and resumed["arguments"] == finished["arguments"]
+    main(command)  # and it is read back, not refused as another setting
+
+
 def test_runs_made_with_other_settings_are_not_mixed_in(out: Path, data: Path, capsys) -> None:
     with pytest.raises(SystemExit) as stopped:
         main(["reproduce", "--fast", "--data-dir", str(data), *ROWS, "--out", str(out), "--max-epochs", "1"])

@@ -8,6 +8,7 @@ rebuilds its model (``Task.load_from_checkpoint(path)``, ``molar test --ckpt_pat
 (``prepare``, ``embed``, ...) are in :mod:`molar_lightning.commands`.
 """
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -51,6 +52,9 @@ class MolarCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": "val/ndcg@10", "checkpoint.mode": "max",
                              "checkpoint.save_last": True, "checkpoint.filename": "best-{epoch}"})
+        # Every logger (configs/logger/) writes into the run folder: default_root_dir, else the working directory.
+        parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir",
+                              compute_fn=lambda root: root or os.getcwd())
         for name in self.encoder_links:
             parser.link_arguments(f"data.{name}", f"model.init_args.encoder.init_args.{name}", apply_on="instantiate")
 
@@ -58,10 +62,9 @@ class MolarCLI(LightningCLI):
         """A resumed fit writes its checkpoints beside the one it resumes from (unless ``checkpoint.dirpath`` is
         set): ModelCheckpoint forgets which checkpoint was best when its folder changes, as it does when the logger
         starts a new version, and the final test would then take the first one saved after the resume."""
-        config = self.config.get(self.subcommand) if self.subcommand == "fit" else None
-        resumed = config.get("ckpt_path") if config is not None else None
-        if resumed and resumed not in ("last", "best", "hpc", "registry") and config.checkpoint.dirpath is None:
-            config.checkpoint.dirpath = str(Path(resumed).resolve().parent)
+        config = self.config.get("fit")  # a checkpoint file or folder; not "last" and Lightning's other keywords
+        if self.subcommand == "fit" and Path(str(config.ckpt_path)).exists() and config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = str(Path(config.ckpt_path).resolve().parent)
 
     def fit(self, model: LightningModule, **kwargs: Any) -> None:
         """Train, then test the best checkpoint (the last weights when checkpointing is off)."""

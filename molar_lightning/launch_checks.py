@@ -3,15 +3,20 @@
 Each check reads the merged configuration as given (:func:`molar_lightning.config_keys.given_config`) and
 returns one message that says what to change, or None. Until now these failed minutes later: an FSDP mesh
 that does not match the processes inside Lightning's launch, an end-to-end Molar without item contents at
-``setup``, an ID-only task under FSDP when loading its first sharded checkpoint.
+``setup``, an ID-only task under FSDP when loading its first sharded checkpoint, a logger whose package is not
+installed (with a traceback from inside jsonargparse).
 """
 
+import importlib.util
+import os
 from typing import Any, Optional
 
 import torch
 
 MODEL_PARALLEL = "ModelParallelStrategy"
 ITEM_INPUTS = "ItemInputsCallback"
+# The package each logger of configs/logger/ imports, and what installs it.
+LOGGER_PACKAGES = {"MLFlowLogger": ("mlflow", "mlflow-skinny"), "WandbLogger": ("wandb", "wandb")}
 
 
 def short_name(node: Any) -> str:
@@ -79,6 +84,42 @@ def item_inputs_problem(config: dict) -> Optional[str]:
             "the cached mode (item_embeddings: <folder printed by molar embed>, item_encoder: null)")
 
 
+def mlflow_store_problem(init_args: dict) -> Optional[str]:
+    """An MLflow store LightningCLI cannot use: a remote one (its SaveConfigCallback writes config.yaml into
+    the logger's local folder, which only a file store has: Lightning issue #19441), or the file store while
+    MLflow 3 refuses it unless ``MLFLOW_ALLOW_FILE_STORE`` is set."""
+    tracking_uri = init_args.get("tracking_uri", os.environ.get("MLFLOW_TRACKING_URI")) or ""  # as MLFlowLogger
+    if tracking_uri and not tracking_uri.startswith("file:"):
+        return (f"MLFlowLogger's tracking_uri {tracking_uri} has no local folder, where molar writes the run's "
+                f"config.yaml and results: leave it null for the file store in the run folder "
+                f"(configs/logger/mlflow.yaml)")
+    try:
+        from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+    except ImportError:  # an MLflow that takes its file store unasked
+        return None
+    if not MLFLOW_ALLOW_FILE_STORE.get():
+        return ("MLflow 3 refuses its file store, the store LightningCLI needs (a local folder), unless asked: "
+                "export MLFLOW_ALLOW_FILE_STORE=true, or log with configs/logger/tensorboard.yaml")
+    return None
+
+
+def logger_problem(config: dict) -> Optional[str]:
+    """A logger (``trainer.logger``, one or a list) whose package is not installed, or an MLflow store that
+    cannot be used."""
+    loggers = (config.get("trainer") or {}).get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        name = short_name(logger)
+        module, package = LOGGER_PACKAGES.get(name, (None, None))
+        if module is not None and importlib.util.find_spec(module) is None:
+            return (f"trainer.logger {name} needs the {module} package, which is not installed: pip install "
+                    f"{package}, or log with configs/logger/tensorboard.yaml or configs/logger/csv.yaml")
+        if name == "MLFlowLogger":
+            problem = mlflow_store_problem((logger.get("init_args") or {}) if isinstance(logger, dict) else {})
+            if problem:
+                return problem
+    return None
+
+
 def launch_problem(config: dict) -> Optional[str]:
     """The first configuration that cannot work, as one message, or None."""
-    return sharding_problem(config) or item_inputs_problem(config)
+    return sharding_problem(config) or item_inputs_problem(config) or logger_problem(config)

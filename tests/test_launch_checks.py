@@ -51,13 +51,14 @@ def test_end_to_end_molar_without_item_contents_is_refused(capsys) -> None:
 
 
 def test_the_item_inputs_callback_appended_on_the_command_line_counts(capsys) -> None:
-    """``--trainer.callbacks+=...ItemInputsCallback`` is a valid way to add it: the check passes (what fails next
-    here is building the MIRM from a backbone folder that is not there)."""
+    """``--trainer.callbacks+=...ItemInputsCallback`` is a valid way to add it: the check passes, and what is
+    refused next is building a backbone from a folder that is not there."""
     absent = ["--model.init_args.item_encoder.init_args.backbone=/nonexistent/mirm",
               "--model.init_args.user_encoder.init_args.backbone=/nonexistent/dueg"]
-    with pytest.raises(Exception) as raised:
+    with pytest.raises(SystemExit) as raised:
         main(["fit", "--config", str(ROOT / "configs/movielens/hllm.yaml"), "--trainer.callbacks", "[]",
               "--trainer.callbacks+=molar_lightning.callbacks.item_inputs.ItemInputsCallback", *NO_DATA,
               "--trainer.logger=false", *absent])
-    assert "needs the items' contents" not in capsys.readouterr().err
-    assert not isinstance(raised.value, SystemExit)
+    error = capsys.readouterr().err
+    assert "needs the items' contents" not in error
+    assert raised.value.code == 2 and "/nonexistent/" in error

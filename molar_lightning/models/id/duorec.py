@@ -24,13 +24,11 @@ sequential_dataloader.py`` of their repository, and ``duorec.sh``):
 
 Training here is causal over windows, so a window of ``L`` items holds ``L`` of those samples: position
 ``t``'s state is the prefix ending there. With ``positions="all"`` each of them is a sample, as in the
-authors' code. Only the last position of each window as the sample (``positions="last"``, the form this
-project had before) gives the contrastive term about 1/L of the samples, and about L times the authors'
-weight per sample relative to the next-item loss, which every position trains: the next-item loss is a
-mean over the ``M`` positions, the contrastive one over the ``B`` windows. That is why the dot product at
-temperature 1 swamped next-item training there (validation NDCG@10 0.028 against 0.089 for cosine after 6
-epochs on MovieLens-100K); the authors' dot product is the default again now that the weight per sample is
-theirs.
+authors' code; ``positions="last"`` (this project's form before issue 14) takes only each window's last
+position, about 1/L of the samples. The authors' dot product at temperature 1 holds next-item training back
+in both forms on MovieLens-100K (validation NDCG@10 0.028 after 6 epochs with ``last`` in the 2026-11-27
+finding, at most 0.036 over 8 epochs with ``all``, where SASRec reaches 0.088 and 0.090; docs/id_models.md),
+and ``similarity="cos"`` does not; why the authors' setting does not suffer from it is still open.
 
 Every SASRec argument (``hidden_size``, ``dropout``, ...) is accepted and forwarded (``--help`` lists them,
 and the CLI's data links see them: jsonargparse follows the forwarding); ``dropout`` also makes the second

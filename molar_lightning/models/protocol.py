@@ -53,7 +53,8 @@ class IDSequenceEncoder(SequenceEncoder, Protocol):
 
     Attributes:
         auxiliary_loss: a regulariser the training tasks add to the next-item loss, called as
-            ``auxiliary_loss(encoder, item_seq, mask, user_repr, positive_seq, targets)`` (DuoRec's
+            ``auxiliary_loss(encoder, item_seq, mask, states, positive_seq, target_seq)``, ``states [B, L, D]``
+            being ``sequence_states`` of the batch and ``target_seq [B, L]`` its next items (DuoRec's
             :class:`~molar_lightning.losses.DuoRecContrastiveLoss`); None for most models.
     """
 

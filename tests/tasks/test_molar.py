@@ -311,6 +311,13 @@ def test_end_to_end_mode_trains_mirm_on_the_batch_items(fixture_data, tiny_qwen2
     assert module.item_table().shape == (fixture_data.num_items + 1, mirm.hidden_size)
 
 
+class CatalogAtValidationEnd(pl.Callback):
+    """Keeps the end-to-end catalog table of the last validation (the task frees it after each evaluation)."""
+
+    def on_validation_epoch_end(self, trainer, pl_module: MolarModule) -> None:
+        self.table = pl_module.items.table.clone()
+
+
 def test_end_to_end_training_items_are_built_in_the_dataloader_workers(ml1m_dir: Path, tiny_qwen2_dir: Path,
                                                                       tmp_path: Path, monkeypatch) -> None:
     data = MovieLensDataModule(str(ml1m_dir), cache_dir=str(tmp_path / "cache"), max_seq_len=6, batch_size=4,
@@ -320,15 +327,16 @@ def test_end_to_end_training_items_are_built_in_the_dataloader_workers(ml1m_dir:
     built_in_main = []
     monkeypatch.setattr(EncodedItems, "embed", lambda self, ids, to_device: built_in_main.append(ids))
     counter = CountForwards(monkeypatch)
+    validation_catalog = CatalogAtValidationEnd()
     run = trainer(1, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, default_root_dir=tmp_path,
-                  callbacks=[ItemInputsCallback(), RankingEvaluationCallback()])
+                  callbacks=[ItemInputsCallback(), RankingEvaluationCallback(), validation_catalog])
     run.fit(module, datamodule=data)
     catalog_forwards = -(-data.num_items // module.items.item_batch_size)  # validation embeds the catalog once
     assert run.global_step == 2 and counter.calls == 2 + catalog_forwards and not built_in_main
     monkeypatch.undo()
     with torch.no_grad():  # the catalog the workers built equals the items embedded one request at a time
         expected = module.eval().items.embed(torch.arange(1, data.num_items + 1), module.to_device)
-    torch.testing.assert_close(module.items.table[1:], expected)
+    torch.testing.assert_close(validation_catalog.table[1:], expected)
 
     batch = next(iter(data.train_dataloader()))  # what the worker sent: the batch's items, then random ones
     own = torch.cat([batch.item_seq.flatten(), batch.target_seq.flatten()]).unique()

@@ -10,9 +10,8 @@ argument. Every other exception is an internal error and keeps its traceback; ``
 import os
 import sys
 from contextlib import contextmanager
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional
 
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 DEBUG_FLAG = "--debug"
 DEBUG_VARIABLE = "MOLAR_DEBUG"
@@ -37,16 +36,15 @@ def debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
     return len(rest) < len(argv) or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"), rest
 
 
-#: What counts as the user's mistake: ours, and Lightning's refusal of a Trainer setting (two progress bars,
-#: clipping under manual optimization, ...), whose message already says what to change.
-USER_ERRORS = (UserError, MisconfigurationException)
+def user_error_in(error: Optional[BaseException]) -> Optional[Exception]:
+    """``error`` if it is a user error, else the first one it was raised ``from`` (jsonargparse wraps what a
+    constructor raises this way), else None. Only explicit causes count: an error raised while handling a user
+    error is a bug of its own. User errors are ours, and Lightning's refusal of a Trainer setting (two progress
+    bars, clipping under manual optimization, ...), whose message already says what to change; Lightning is
+    imported here, not at the top, so that the models and readers that raise UserError do not import it."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-
-def user_error_in(error: Optional[BaseException]) -> Optional[Union[UserError, MisconfigurationException]]:
-    """``error`` if it is a user error (:data:`USER_ERRORS`), else the first one it was raised ``from``
-    (jsonargparse wraps what a constructor raises this way), else None. Only explicit causes count: an error
-    raised while handling a user error is a bug of its own."""
-    while error is not None and not isinstance(error, USER_ERRORS):
+    while error is not None and not isinstance(error, (UserError, MisconfigurationException)):
         error = error.__cause__
     return error
 

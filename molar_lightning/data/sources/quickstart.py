@@ -98,7 +98,8 @@ def draw_cover(item: ShopItem, size: int = 64) -> Image.Image:
 
 @dataclass
 class ShopParams:
-    """How big the shop is and how its users behave (the defaults are the quickstart's)."""
+    """How big the shop is and how its users behave (``molar quickstart`` writes 600 users, ``--num-users 600``;
+    the other defaults are its own)."""
 
     num_users: int = 1500
     min_length: int = 8

@@ -30,6 +30,8 @@ from molar_lightning.tasks.mirm_alignment import MIRMAlignmentModule
 from molar_lightning.user_error import MissingInputError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+ITEM_SIDE_NAMES = {"text": "a text encoder", "image": "an image encoder (ViT, a VLM)",
+                   "image_text": "a multimodal MIRM", "text_and_image": "text and image encoders"}
 CPU_DUEG = {"model_type": "qwen2", "vocab_size": 30522, "hidden_size": 64, "intermediate_size": 256,
             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
             "max_position_embeddings": 128}  # 128 positions: CoLLM reads 2 x 50 tokens
@@ -75,7 +77,7 @@ class Profile:
         if row.needs:
             return f"needs {row.needs}"
         if row.items != "none" and row.items not in self.item_sides:
-            return f"needs an {row.items.replace('_', ' + ')} item encoder; the {self.name} profile has text only"
+            return f"needs {ITEM_SIDE_NAMES[row.items]}; the {self.name} profile has a text encoder only"
         return None
 
     def stands_in(self, row: Row) -> bool:

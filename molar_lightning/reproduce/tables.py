@@ -14,7 +14,7 @@ import yaml
 from molar_lightning.user_error import SettingError
 
 PAPER_TABLES = Path(__file__).with_name("paper_tables.yaml")
-ITEM_SIDES = ("none", "text", "image", "image_text")
+ITEM_SIDES = ("none", "text", "image", "image_text", "text_and_image")
 
 
 @dataclass(frozen=True)

@@ -41,16 +41,16 @@ VARIANT_RUNS = [(base, variant) for variant in VARIANTS for base in EXPERIMENTS 
 TRAINER_CONFIGS = sorted((ROOT / "configs" / "trainer").glob("*.yaml"))
 # Rows whose code path a fast test already runs go with the slow tests (`make test-slow`): Amazon's and
 # PixelRec's other ID models (their SASRec rows run the data, the MovieLens rows the models); end to end the
-# Table 4 and CoLLM rows (molar.yaml runs the end-to-end path); the quickstart's MIRM and Molar configs (the
-# smoke quickstart runs them); the cached variant after rows other than molar.yaml and the quickstart's (the
+# Table 4, CoLLM and HLLM rows (molar.yaml runs the end-to-end path); MIRM alignment and the quickstart's Molar
+# configs (the smoke quickstart runs its own); the cached variant after rows other than the quickstart's (the
 # same variant, another row); FSDP on CPU composed with HLLM (tests/test_fsdp.py trains end-to-end Molar
-# through fsdp_cpu.yaml), fsdp.yaml (fsdp_cpu.yaml with its GPU values overridden) and cpu.yaml (one CPU
-# process, as every experiment row runs).
+# through fsdp_cpu.yaml), fsdp.yaml (fsdp_cpu.yaml with its GPU values overridden), cpu.yaml (one CPU
+# process, as every experiment row runs) and multinode.yaml (ddp.yaml's strategy over node settings).
 SLOW_ROWS = {"amazon/fpmc", "amazon/gru4rec", "amazon/duorec", "pixelrec/fpmc", "pixelrec/gru4rec", "pixelrec/duorec",
              "movielens/molar_fpmc", "movielens/molar_gru4rec", "movielens/molar_duorec", "movielens/collm",
-             "quickstart/mirm_align", "quickstart/molar"}
-FAST_VARIANT_ROWS = {"movielens/molar", "quickstart/molar"}
-SLOW_TRAINER_CONFIGS = {"trainer/fsdp", "trainer/fsdp_cpu", "trainer/cpu"}
+             "movielens/hllm", "movielens/mirm_align", "quickstart/mirm_align", "quickstart/molar"}
+FAST_VARIANT_ROWS = {"quickstart/molar"}
+SLOW_TRAINER_CONFIGS = {"trainer/fsdp", "trainer/fsdp_cpu", "trainer/cpu", "trainer/multinode"}
 
 
 def row(path: Path) -> str:

@@ -32,6 +32,7 @@ def test_two_process_ddp_counts_every_user_once(ml1m_dir: Path, tmp_path: Path) 
         assert abs(single[name] - double[name]) < 1e-6, name
 
 
+@pytest.mark.slow  # two Trainer runs, one of them spawning 2 processes (~13 s); `make test-slow`
 def test_two_process_ddp_writes_the_same_per_user_results(ml1m_dir: Path, tmp_path: Path) -> None:
     data = MovieLensDataModule(str(ml1m_dir), cache_dir=str(tmp_path / "cache"), eval_batch_size=5)
     torch.manual_seed(0)

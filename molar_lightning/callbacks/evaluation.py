@@ -11,11 +11,9 @@ epoch (under ``molar validate``, one entry: the checkpoint, its epoch and step, 
 ``per_user``, also ``<results_name>_per_user.csv``: every test user's metrics, for paired tests between runs).
 """
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Optional
 
 import lightning.pytorch as pl
@@ -23,6 +21,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
+from molar_lightning.atomic_files import write_atomically
 from molar_lightning.batch import PADDING_USER, EvalBatch
 from molar_lightning.data.sequence_datasets import items_in_training
 from molar_lightning.metrics.ranking import METRIC_NAMES, RankingMetrics
@@ -229,15 +228,5 @@ def _write_in_run_dir(trainer: pl.Trainer, file_name: str, text: str) -> None:
     """
     log_dir = trainer.log_dir
     run_dir = log_dir if log_dir is not None else trainer.default_root_dir
-    if not trainer.is_global_zero:
-        return
-    os.makedirs(run_dir, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=run_dir, prefix=f".{file_name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w") as f:
-            f.write(text)
-        os.replace(temporary, os.path.join(run_dir, file_name))
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    if trainer.is_global_zero:
+        write_atomically(Path(run_dir) / file_name, text)

@@ -26,6 +26,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from safetensors.torch import load_file, save_file
 
+from molar_lightning.atomic_files import write_atomically
 from molar_lightning.data.catalog import ItemCatalog
 from molar_lightning.data.item_inputs import item_loader
 from molar_lightning.user_error import UserError
@@ -49,13 +50,6 @@ def catalog_fingerprint(catalog: ItemCatalog) -> str:
             stat = path.stat()
             digest.update(f"{item_id}:{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -92,7 +86,7 @@ class ItemEmbeddingCache:
                                       f"or point the cache elsewhere")
         else:
             self.folder.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(json.dumps(self.meta, indent=2, sort_keys=True), meta_path)
+            write_atomically(meta_path, json.dumps(self.meta, indent=2, sort_keys=True))
 
     @classmethod
     def for_encoder(cls, root: str, encoder, catalog: ItemCatalog) -> "ItemEmbeddingCache":
@@ -104,7 +98,7 @@ class ItemEmbeddingCache:
         # Beside the key (so that older caches keep their folders): which prepared data set the rows are of,
         # which MolarModule compares with the data set it trains on.
         source = json.dumps({"dataset": catalog.dataset.path.name, "num_items": len(catalog)}, indent=2)
-        _atomic_write_text(source, cache.folder / SOURCE)
+        write_atomically(cache.folder / SOURCE, source)
         return cache
 
     @property

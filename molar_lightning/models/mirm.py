@@ -39,6 +39,7 @@ from molar_lightning.models.item_prompt import (  # noqa: F401 - ItemContentErro
 
 ITEM_TOKEN = "[Cur_Item]"
 ITEM_TOKEN_FILE = "item_token.safetensors"
+BIT_VIEWS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # element size -> integer view
 Pooling = Literal["item_token", "mean", "last_token"]
 
 
@@ -292,12 +293,16 @@ class MultimodalItemEncoder(nn.Module):
                 "max_text_tokens": self.max_text_tokens, "image_size": self.image_size, "pooling": self.pooling}
 
     def fingerprint(self) -> str:
-        """Digest of the settings and the weights (small tensors whole, large ones by a strided sample)."""
+        """Digest of the settings and the weights (small tensors whole, large ones by a strided sample and the
+        integer sum of all their bit patterns: exact in any order, where a float sum depends on the thread count
+        and gave one MiniLM two cache folders)."""
         digest = hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode())
         for name, tensor in sorted(self.state_dict().items()):
             flat = tensor.detach().reshape(-1)
-            if flat.numel() > 1 << 16:
-                flat = torch.cat([flat[:: flat.numel() // (1 << 16)], flat.float().sum().reshape(1).to(flat.dtype)])
             digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            if flat.numel() > 1 << 16:
+                bits = flat.view(BIT_VIEWS[flat.element_size()]).long().sum()
+                digest.update(str(int(bits)).encode())
+                flat = flat[:: flat.numel() // (1 << 16)]
             digest.update(flat.float().cpu().numpy().tobytes())
         return digest.hexdigest()[:16]

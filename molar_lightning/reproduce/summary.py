@@ -37,22 +37,25 @@ class RowResult:
     by_seeds: dict[str, Optional[PairedTest]] = field(default_factory=dict)
 
 
-def seed_averaged(outcomes: Sequence[Outcome], metric: str) -> dict[int, float]:
-    """Each test user's ``metric`` averaged over the runs (seeds) ``outcomes``."""
+def seed_averaged(outcomes: Sequence[Outcome]) -> dict[int, dict[str, float]]:
+    """Each test user's metrics averaged over the runs (seeds) ``outcomes``, each run's file read once."""
     per_seed = [outcome.per_user() for outcome in outcomes]
     users = set(per_seed[0])
     if any(set(seed) != users for seed in per_seed):
         raise ValueError("the seeds' runs ranked different test users; were they run on different data?")
-    return {user: sum(seed[user][metric] for seed in per_seed) / len(per_seed) for user in sorted(users)}
+    return {user: {metric: sum(seed[user][metric] for seed in per_seed) / len(per_seed) for metric in METRICS}
+            for user in sorted(users)}
 
 
-def compare(result: RowResult, base: RowResult) -> None:
-    """Fill ``result``'s paired tests against ``base`` (both ran, with the same seeds in the same order)."""
+def compare(result: RowResult, base: RowResult, base_users: dict[int, dict[str, float]]) -> None:
+    """Fill ``result``'s paired tests against ``base`` (both ran, with the same seeds in the same order), whose
+    seed-averaged per-user metrics are ``base_users``."""
+    row_users = seed_averaged(result.outcomes)
+    if set(row_users) != set(base_users):
+        raise ValueError(f"{result.row.name} and {base.row.name} ranked different test users")
     for metric in METRICS:
-        row_users, base_users = seed_averaged(result.outcomes, metric), seed_averaged(base.outcomes, metric)
-        if set(row_users) != set(base_users):
-            raise ValueError(f"{result.row.name} and {base.row.name} ranked different test users")
-        result.by_users[metric] = paired_t_test([row_users[u] for u in row_users], [base_users[u] for u in row_users])
+        result.by_users[metric] = paired_t_test([row_users[u][metric] for u in row_users],
+                                                [base_users[u][metric] for u in row_users])
         result.by_seeds[metric] = paired_t_test([o.test[metric] for o in result.outcomes],
                                                 [o.test[metric] for o in base.outcomes])
 
@@ -60,14 +63,15 @@ def compare(result: RowResult, base: RowResult) -> None:
 def summarise(table: Table, data: str, results: list[RowResult]) -> list[RowResult]:
     """Means, spreads and paper figures of every row that ran, and its tests against the base row."""
     base = next(result for result in results if result.row.key == table.base)
+    base_users = seed_averaged(base.outcomes) if base.status == "ran" else None
     for result in results:
         result.paper = table.paper_figures(data, result.row.key)[1]
         if result.status != "ran":
             continue
         for metric in METRICS:
             result.means[metric], result.stds[metric] = mean_and_std([o.test[metric] for o in result.outcomes])
-        if result is not base and base.status == "ran":
-            compare(result, base)
+        if result is not base and base_users is not None:
+            compare(result, base, base_users)
     return results
 
 

@@ -12,6 +12,7 @@ import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -143,3 +144,14 @@ def test_every_training_command_of_the_scaling_page_parses() -> None:
             processes = int(trainer["devices"]) * int(trainer["num_nodes"])
             assert strategy["init_args"]["data_parallel_size"] == processes, " ".join(args)
             assert strategy["init_args"]["tensor_parallel_size"] == 1
+
+
+def test_the_duorec_authors_wrapper_builds_the_object_arrays_old_numpy_built() -> None:
+    import duorec_authors
+
+    ragged = duorec_authors.ragged_array([np.array([1, 2]), np.array([3])])
+    assert ragged.dtype == object and ragged.shape == (2,) and list(ragged[0]) == [1, 2] and list(ragged[1]) == [3]
+    assert duorec_authors.ragged_array([[1, 2], [3, 4]]).shape == (2, 2)  # a regular list stays numeric
+    with pytest.raises(ValueError):
+        duorec_authors.ragged_array([[1, 2], [3]], dtype=np.int64)  # an explicit dtype is not overridden
+    assert np.array is duorec_authors.numpy_array  # importing it changes nothing in this process

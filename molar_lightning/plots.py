@@ -18,9 +18,11 @@ from matplotlib.lines import Line2D
 
 # Okabe & Ito, "Color Universal Design" (2008), without black (the paper's marks) and yellow (faint on white).
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
-LINE_STYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
-MARKERS = ("o", "s", "^", "v", "P", "X")
-HATCHES = ("", "//", "\\\\", "xx", "..", "++")
+# Markers and hatches cycle with 7 entries against the 6 colours, so that no two of the first 42 runs look alike
+# (a Table 2 has 10 rows); line styles cycle with 5, so a curve differs from its colour twins in two ways.
+LINE_STYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)))
+MARKERS = ("o", "s", "^", "v", "P", "X", "h")
+HATCHES = ("", "//", "\\\\", "xx", "..", "++", "||")
 BEST_EPOCH_LABEL = "best epoch (its checkpoint is tested)"
 PAPER_LABEL = "paper"
 DPI = 150

@@ -17,8 +17,8 @@ ROWS = [BarRow("SASRec", {"ndcg@10": 0.30, "recall@10": 0.50}, {"ndcg@10": 0.01,
         BarRow("DuoRec", {"ndcg@10": 0.33, "recall@10": 0.52}, {"ndcg@10": 0.02, "recall@10": 0.01}, {})]
 
 
-def curve_lines(figure):
-    return {line.get_label(): line for line in figure.axes[0].lines if line.get_label() in CURVES}
+def curve_lines(figure, names=CURVES):
+    return {line.get_label(): line for line in figure.axes[0].lines if line.get_label() in names}
 
 
 def best_marks(figure):
@@ -142,3 +142,13 @@ def test_a_table_without_paper_figures_has_no_paper_mark() -> None:
     figure = table_bars_figure(ROWS[2:], ["ndcg@10"], title="ours only")
     assert not [line for line in figure.axes[0].lines if line.get_label() == PAPER_LABEL]
     assert [text.get_text() for text in figure.legends[0].get_texts()] == ["DuoRec"]
+
+
+def test_a_ten_row_table_gives_every_run_its_own_look() -> None:
+    names = [f"row {index}" for index in range(10)]
+    lines = curve_lines(validation_curves_figure({name: [0.1, 0.2] for name in names}), names)
+    looks = {(line.get_color(), line.get_marker()) for line in lines.values()}
+    assert len(looks) == 10 and len({(line.get_color(), line.get_linestyle()) for line in lines.values()}) == 10
+    rows = [BarRow(name, {"ndcg@10": 0.1}, {"ndcg@10": 0.0}, {}) for name in names]
+    bars = bars_of(table_bars_figure(rows, ["ndcg@10"], title="Table 2"))
+    assert len({(tuple(container[0].get_facecolor()), container[0].get_hatch()) for container in bars.values()}) == 10

@@ -4,17 +4,18 @@ Their fork predates numpy 1.24 and torch 2.6; this wrapper restores what those r
 ``run_seq.py`` unchanged, with its command-line arguments, from inside their checkout:
 
     git clone https://github.com/RuihongQiu/DuoRec /work/duorec-authors
-    mkdir -p /work/duorec-authors/dataset/ml-100k
-    cp /work/duorec-authors/recbole/dataset_example/ml-100k/ml-100k.inter /work/duorec-authors/dataset/ml-100k/
     cd /work/duorec-authors && /work/recbole-venv/bin/python /path/to/benchmarks/duorec_authors.py \\
         --model=DuoRec --dataset=ml-100k --config_files=seq.yaml --train_batch_size=256 --lmd=0.1 --lmd_sem=0.1 \\
         --contrast=us_x --sim=dot --tau=1 --use_gpu=False --show_progress=False
 
-(the RecBole venv of docs/recbole.md serves: torch, numpy<2, scipy, pandas, colorlog). ``--contrast=none``
-trains the same network with the next-item loss alone, the authors' SASRec at their batch. docs/id_models.md
-gives what it measured.
+For ``ml-100k`` the fork reads the copy it ships (``recbole/dataset_example/ml-100k``, RecBole's atomic files) and
+keeps its same-target index beside it (``semantic_augmentation.npy``, 130 MB, written by the first run: start a
+second run only after it exists). The RecBole venv of docs/recbole.md has what the fork imports (torch, numpy<2,
+scipy, pandas, colorlog). ``--contrast=none`` trains the same network with the next-item loss alone: the
+authors' SASRec at their batch. docs/id_models.md gives what it measured.
 """
 
+import os
 import runpy
 import sys
 
@@ -51,4 +52,5 @@ def restore_old_apis() -> None:
 if __name__ == "__main__":
     restore_old_apis()
     sys.argv = ["run_seq.py"] + sys.argv[1:]
+    sys.path.insert(0, os.getcwd())  # their recbole package, not the RecBole 1.2.1 installed in the venv
     runpy.run_path("run_seq.py", run_name="__main__")

@@ -25,10 +25,13 @@ sequential_dataloader.py`` of their repository, and ``duorec.sh``):
 Training here is causal over windows, so a window of ``L`` items holds ``L`` of those samples: position
 ``t``'s state is the prefix ending there. With ``positions="all"`` each of them is a sample, as in the
 authors' code; ``positions="last"`` (this project's form before issue 14) takes only each window's last
-position, about 1/L of the samples. The authors' dot product at temperature 1 holds next-item training back
-in both forms on MovieLens-100K (validation NDCG@10 0.028 after 6 epochs with ``last`` in the 2026-11-27
-finding, at most 0.036 over 8 epochs with ``all``, where SASRec reaches 0.088 and 0.090; docs/id_models.md),
-and ``similarity="cos"`` does not; why the authors' setting does not suffer from it is still open.
+position, about 1/L of the samples. Positives are drawn inside the batch, so the batch sets both the steps an
+epoch and how many positions find a same-target positive. With SASRec's 128 windows (19 steps an epoch on
+MovieLens-100K, 94% of positions with a partner) the authors' dot product at temperature 1 stalls next-item
+training (validation NDCG@10 at most 0.036 over 8 epochs, SASRec 0.090). At the shipped configs' ``batch_size``
+of about 256 positions (the authors' step) it trains level with SASRec, but 73% of the positions then take their
+own state as positive, the unsupervised view. The authors' own code lags its next-item-only run on
+MovieLens-100K too (docs/id_models.md).
 
 Every SASRec argument (``hidden_size``, ``dropout``, ...) is accepted and forwarded (``--help`` lists them,
 and the CLI's data links see them: jsonargparse follows the forwarding); ``dropout`` also makes the second

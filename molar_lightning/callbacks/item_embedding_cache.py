@@ -15,8 +15,6 @@ table of a frozen encoder calls it the same way, or reads a finished cache with 
 
 import hashlib
 import json
-import os
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -26,7 +24,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from safetensors.torch import load_file, save_file
 
-from molar_lightning.atomic_files import write_atomically
+from molar_lightning.atomic_files import replaced_atomically, write_atomically
 from molar_lightning.data.catalog import ItemCatalog
 from molar_lightning.data.item_inputs import item_loader
 from molar_lightning.user_error import UserError
@@ -52,15 +50,9 @@ def catalog_fingerprint(catalog: ItemCatalog) -> str:
     return digest.hexdigest()[:16]
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
-        save_file(tensors, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def _save_atomically(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    with replaced_atomically(path) as temporary:
+        save_file(tensors, str(temporary))
 
 
 class ItemEmbeddingCache:
@@ -127,15 +119,15 @@ class ItemEmbeddingCache:
     def write_shard(self, item_ids: torch.Tensor, embeddings: torch.Tensor) -> None:
         """Write one shard atomically; its name is unique across processes and runs."""
         name = f"shard-{int(item_ids.min()):09d}-{uuid.uuid4().hex[:12]}.safetensors"
-        _atomic_save({"item_ids": item_ids.long().cpu().contiguous(),
-                      "embeddings": embeddings.detach().float().cpu().contiguous()}, self.folder / name)
+        _save_atomically({"item_ids": item_ids.long().cpu().contiguous(),
+                          "embeddings": embeddings.detach().float().cpu().contiguous()}, self.folder / name)
 
     def finalize(self) -> None:
         """Merge the shards into ``embeddings.safetensors`` (atomically) and remove them."""
         if (self.folder / MERGED).is_file():
             return
         table = self._table_from_shards()
-        _atomic_save({"embeddings": table}, self.folder / MERGED)
+        _save_atomically({"embeddings": table}, self.folder / MERGED)
         for shard in self._shards():
             shard.unlink(missing_ok=True)
 

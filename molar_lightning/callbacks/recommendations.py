@@ -7,14 +7,13 @@ source files, which is what a serving system looks up.
 """
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from molar_lightning.atomic_files import write_atomically
 from molar_lightning.batch import PADDING_USER
 
 
@@ -50,11 +49,7 @@ class RecommendationWriter(BasePredictionWriter):
                     "scores": [round(score, 6) for _, score in kept],
                 }))
         suffix = f"-rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        run_dir.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=run_dir, prefix=f".{self.file_name}", suffix=".tmp")
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write("\n".join(lines) + "\n")
-        os.replace(temporary, run_dir / f"{self.file_name}{suffix}.jsonl")
+        write_atomically(run_dir / f"{self.file_name}{suffix}.jsonl", "\n".join(lines) + "\n")
 
 
 def _raw_ids(trainer: pl.Trainer) -> tuple[list[str], list[str]]:

@@ -17,7 +17,6 @@ is written atomically on every run, a header alone when nothing failed.
 
 import os
 import sys
-import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Iterable, Literal, Optional, Sequence
 from jsonargparse import ArgumentParser
 from tqdm.auto import tqdm
 
+from molar_lightning.atomic_files import write_atomically
 from molar_lightning.data.download import DownloadError, download, one_line
 from molar_lightning.data.image_check import MAX_IMAGE_BYTES, image_problem
 from molar_lightning.data.image_names import image_file_name
@@ -89,14 +89,7 @@ def _write_failures(path: Path, failed: list[tuple[str, str, str]]) -> None:
     """``fetch_failures.tsv`` (a header alone when nothing failed), replaced in one step."""
     text = "item_id\turl\treason\n" + "".join(
         "\t".join(one_line(field, 2000) for field in row) + "\n" for row in sorted(failed))
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    write_atomically(path, text)
 
 
 def fetch_images(jobs: Sequence[tuple[str, Sequence[object]]], out_dir: os.PathLike | str, retries: int = 3,

@@ -301,7 +301,7 @@ class MultimodalItemEncoder(nn.Module):
             flat = tensor.detach().reshape(-1)
             digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
             if flat.numel() > 1 << 16:
-                bits = flat.view(BIT_VIEWS[flat.element_size()]).long().sum()
+                bits = flat.view(BIT_VIEWS[flat.element_size()]).sum(dtype=torch.int64)  # no int64 copy
                 digest.update(str(int(bits)).encode())
                 flat = flat[:: flat.numel() // (1 << 16)]
             digest.update(flat.float().cpu().numpy().tobytes())

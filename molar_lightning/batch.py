@@ -18,8 +18,9 @@ class TrainBatch:
         item_seq: ``[B, L]`` item ids, left-padded with 0.
         target_seq: ``[B, L]`` the item that follows each position; 0 where there is nothing to predict.
         user_ids: ``[B]`` user indices (0-based).
-        positive_seq: ``[B, L]`` another training window whose last target equals this window's last target
-            (DuoRec's supervised view), present only when the DataModule is asked for it.
+        positive_seq: ``[P, L']`` DuoRec's supervised views, left-padded: for each contrastive sample (each
+            position with a target, row by row, or each window's last), a training prefix with the same target;
+            present only when the DataModule is asked for it (``same_target_positives``).
         step_items: end-to-end Molar only: the item encoder's inputs for this step's items (the batch's own and
             random negatives, ascending ids), built in the DataLoader's workers.
     """

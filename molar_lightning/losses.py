@@ -336,36 +336,40 @@ class DuoRecContrastiveLoss(nn.Module):
 
     Each sample is a training prefix: its anchor view is its state in a second dropout pass, its positive the
     state of another training prefix with the same next item (the supervised view), contrasted against the
-    other views of its group (:func:`info_nce`). Samples (``positions``):
+    other views of its group (:func:`info_nce`). Samples (``positions``) are every position with a target
+    (``all``, the authors': their RecBole data makes every prefix of every training sequence a sample), or
+    each window's ``last``. Positives (``positives``):
 
-    - ``all`` (the authors'): every position with a target, since the authors' RecBole data makes every prefix
-      of every training sequence its own sample. The positive of a position is the main pass's state of a
-      uniformly drawn other position of the batch with the same target (the state itself, an independent
-      dropout draw of the same prefix, when none has it: the authors' fallback); ``positive_seq`` is not read.
-    - ``last``: only each window's last position, its positive the last state of ``positive_seq`` (drawn by
-      the DataModule from every window with that last target, ``same_target_positives: true``).
+    - ``data`` (the authors'): ``positive_seq``, one prefix per sample drawn by the DataModule from all the
+      training prefixes with the sample's target (the sample itself when none has it), run through the
+      encoder in a third dropout pass (``data.init_args.same_target_positives`` set to the same ``positions``).
+    - ``batch``: the main pass's state of a uniformly drawn other sample of the batch with the same target
+      (the sample's own state, an independent dropout draw of the same prefix, when none has it). No third
+      pass, but a small batch leaves most samples without a partner.
 
     Samples are split at random into groups of at most ``group_size`` (the authors' training batch of 256
     prefixes), each contrasted on its own; the loss is the mean over all samples' views, times ``weight``.
     :class:`~molar_lightning.models.id.duorec.DuoRec` builds it from its arguments as its ``auxiliary_loss``;
-    it holds no weights, and runs the second pass through the encoder it is given, so it must be called in
-    training mode for dropout to make a second view.
+    it holds no weights, and runs its passes through the encoder it is given, so it must be called in
+    training mode for dropout to make the views.
 
     Args:
         weight: multiplies the contrastive loss before it joins the next-item loss (the authors' ``lmd_sem``).
         temperature: divides the similarities (the authors' ``tau``).
         similarity: ``dot`` product (the authors') or ``cos`` ine similarity between views.
         positions: which positions are samples: ``all`` (the authors') or each window's ``last``.
+        positives: where a sample's positive comes from: the ``data`` (the authors') or the ``batch``.
         negatives: ``authors``: every other view of the group (``2G - 2``); ``drop_same_target`` also leaves
             out views of samples with the same target.
         group_size: most samples contrasted together.
     """
 
     def __init__(self, weight: float = 0.1, temperature: float = 1.0, similarity: Literal["dot", "cos"] = "dot",
-                 positions: Literal["all", "last"] = "all",
+                 positions: Literal["all", "last"] = "all", positives: Literal["data", "batch"] = "data",
                  negatives: Literal["authors", "drop_same_target"] = "authors", group_size: int = 256) -> None:
         super().__init__()
         choices = (("similarity", similarity, ("dot", "cos")), ("positions", positions, ("all", "last")),
+                   ("positives", positives, ("data", "batch")),
                    ("negatives", negatives, ("authors", "drop_same_target")))
         for name, value, allowed in choices:
             if value not in allowed:
@@ -377,6 +381,7 @@ class DuoRecContrastiveLoss(nn.Module):
         self.temperature = temperature
         self.similarity = similarity
         self.positions = positions
+        self.positives = positives
         self.negatives = negatives
         self.group_size = group_size
 
@@ -392,12 +397,12 @@ class DuoRecContrastiveLoss(nn.Module):
         """Weighted contrastive loss of one training batch.
 
         Args:
-            encoder: the ID model being trained; the second pass goes through it.
+            encoder: the ID model being trained; the second (and third) pass goes through it.
             item_seq: ``[B, L]`` the main pass's input, left-padded.
             mask: ``[B, L]`` bool, True at real items.
             states: ``[B, L, D]`` the main pass's states (``encoder.sequence_states``).
-            positive_seq: ``[B, L]`` a training window with the same last target per row; read only with
-                ``positions="last"``, which needs it.
+            positive_seq: ``[P, L']`` a same-target prefix per sample, in sample order; read only with
+                ``positives="data"``, which needs it.
             target_seq: ``[B, L]`` the next item of each position, 0 where there is none.
 
         Returns:
@@ -406,14 +411,18 @@ class DuoRecContrastiveLoss(nn.Module):
         if self.positions == "all":
             has_target = target_seq != 0
             anchors = encoder.sequence_states(item_seq, mask)[has_target]
-            targets = target_seq[has_target]
-            positives = states[has_target][same_target_partners(targets)]
+            targets, sample_states = target_seq[has_target], states[has_target]
         else:
-            if positive_seq is None:
-                raise SettingError("DuoRec positions='last' takes its supervised view from the data: set "
-                                   "data.init_args.same_target_positives: true, or use positions='all'")
             anchors = encoder.encode_sequence(item_seq, mask)
-            targets = target_seq[:, -1]
+            targets, sample_states = target_seq[:, -1], states[:, -1]
+        if self.positives == "batch":
+            positives = sample_states[same_target_partners(targets)]
+        else:
+            if positive_seq is None or len(positive_seq) != len(targets):
+                given = "none" if positive_seq is None else f"{len(positive_seq)}"
+                raise SettingError(f"DuoRec positives='data' with positions={self.positions!r} needs one positive "
+                                   f"prefix per sample ({len(targets)} in this batch, {given} given): set "
+                                   f"data.init_args.same_target_positives: {self.positions}, or use positives='batch'")
             positives = encoder.encode_sequence(positive_seq, positive_seq != 0)
         groups = torch.randperm(len(targets), device=targets.device).tensor_split(
             math.ceil(len(targets) / self.group_size))

@@ -32,17 +32,15 @@ def right_pad(sequences: Sequence[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def collate_train(samples: Sequence[tuple[np.ndarray, np.ndarray, int, Optional[np.ndarray]]]) -> TrainBatch:
-    """Samples ``(inputs, targets, user, positive_inputs or None)`` -> :class:`TrainBatch`."""
+def collate_train(samples: Sequence[tuple[np.ndarray, np.ndarray, int, Optional[list[np.ndarray]]]]) -> TrainBatch:
+    """Samples ``(inputs, targets, user, positive prefixes or None)`` -> :class:`TrainBatch`; the windows'
+    positive prefixes are stacked in window order into ``positive_seq``."""
     inputs, targets, users, positives = zip(*samples)
-    has_positives = positives[0] is not None
-    width = max(max(len(seq) for seq in inputs), max(len(seq) for seq in positives) if has_positives else 0)
-    pad_to = [np.zeros(width, dtype=np.int64)]  # a full-width row fixes every tensor's width, then dropped
     return TrainBatch(
-        item_seq=left_pad(list(inputs) + pad_to)[:-1],
-        target_seq=left_pad(list(targets) + pad_to)[:-1],
+        item_seq=left_pad(inputs),
+        target_seq=left_pad(targets),
         user_ids=torch.as_tensor(users, dtype=torch.int64),
-        positive_seq=left_pad(list(positives) + pad_to)[:-1] if has_positives else None,
+        positive_seq=None if positives[0] is None else left_pad([prefix for window in positives for prefix in window]),
     )
 
 

@@ -54,8 +54,9 @@ class SequentialDataModule(pl.LightningDataModule):
         batch_size: training windows per batch.
         eval_batch_size: users per validation/test/predict batch.
         num_workers: DataLoader worker processes.
-        same_target_positives: add to each training window another window with the same last target
-            (DuoRec's supervised view).
+        same_target_positives: add to each training window, for each of its positions (``all``) or for its
+            last (``last``), a training prefix with the same target drawn from all the data (DuoRec's supervised
+            views, for its ``positives: data``); ``null`` adds none.
     """
 
     source: InteractionSource
@@ -69,7 +70,7 @@ class SequentialDataModule(pl.LightningDataModule):
     batch_size: int = 128
     eval_batch_size: int = 512
     num_workers: int = 0
-    same_target_positives: bool = False
+    same_target_positives: Optional[Literal["all", "last"]] = None
 
     def __post_init__(self) -> None:
         super().__init__()

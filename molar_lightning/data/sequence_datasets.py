@@ -9,8 +9,9 @@ training target exactly once. Only three integers are stored per window.
 from typing import Literal, Optional
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
+
+from molar_lightning.data.same_target import SameTargetPrefixes
 
 HELD_OUT = {"valid": 2, "test": 1, "predict": 0}  # items at the end of a sequence the split keeps out of its input
 
@@ -22,12 +23,13 @@ class TrainWindowDataset(Dataset):
         offsets: ``[U + 1]`` start of each user's sequence in ``items``.
         items: ``[I]`` all sequences concatenated, chronological per user.
         max_seq_len: most inputs per window.
-        same_target_positives: also return, per window, another window with the same last target
-            (DuoRec's supervised view); the window itself when it is the only one.
+        same_target_positives: also return, per window, a same-target partner prefix of each of its
+            positions (``all``) or of its last (``last``): DuoRec's supervised views
+            (:class:`~molar_lightning.data.same_target.SameTargetPrefixes`); ``None`` returns none.
     """
 
     def __init__(self, offsets: np.ndarray, items: np.ndarray, max_seq_len: int,
-                 same_target_positives: bool = False) -> None:
+                 same_target_positives: Optional[Literal["all", "last"]] = None) -> None:
         self.items = items
         lengths = np.diff(offsets) - HELD_OUT["valid"]  # training part of each sequence
         windows_per_user = np.maximum(np.ceil((lengths - 1) / max_seq_len), 0).astype(np.int64)
@@ -37,40 +39,17 @@ class TrainWindowDataset(Dataset):
         # Inputs are items[start:end] of the user's sequence, targets items[start + 1:end + 1].
         self.ends = offsets[self.users] + lengths[self.users] - 1 - rank_from_end * max_seq_len
         self.starts = np.maximum(self.ends - max_seq_len, offsets[self.users])
-        self.same_target: Optional[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = None
-        if same_target_positives:
-            # Windows sorted by last target; each window knows its group's start, size and its own slot.
-            last_targets = items[self.ends]
-            order = np.argsort(last_targets, kind="stable")
-            sorted_targets = last_targets[order]
-            group_start = np.searchsorted(sorted_targets, last_targets, side="left")
-            group_size = np.searchsorted(sorted_targets, last_targets, side="right") - group_start
-            slot = np.empty_like(order)
-            slot[order] = np.arange(len(order))
-            self.same_target = (order, group_start, group_size, slot - group_start)
+        self.same_target: Optional[SameTargetPrefixes] = None
+        if same_target_positives is not None:
+            self.same_target = SameTargetPrefixes(items, self.starts, self.ends, same_target_positives)
 
     def __len__(self) -> int:
         return len(self.users)
 
-    def window(self, index: int) -> np.ndarray:
-        return self.items[self.starts[index]:self.ends[index]]
-
-    def same_target_partner(self, index: int) -> int:
-        """A uniformly drawn other window with the same last target; ``index`` itself if there is none."""
-        order, group_start, group_size, own_slot = self.same_target
-        others = int(group_size[index]) - 1
-        if others == 0:
-            return index
-        slot = int(torch.randint(others, ()))
-        slot += slot >= own_slot[index]  # skip the window itself
-        return int(order[group_start[index] + slot])
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, int, Optional[np.ndarray]]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, int, Optional[list[np.ndarray]]]:
         start, end = self.starts[index], self.ends[index]
-        positive = None
-        if self.same_target is not None:
-            positive = self.window(self.same_target_partner(index))
-        return self.items[start:end], self.items[start + 1:end + 1], int(self.users[index]), positive
+        positives = None if self.same_target is None else self.same_target.positives(index)
+        return self.items[start:end], self.items[start + 1:end + 1], int(self.users[index]), positives
 
 
 def items_in_training(offsets: np.ndarray, items: np.ndarray, num_items: int) -> np.ndarray:

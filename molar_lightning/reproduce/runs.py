@@ -3,9 +3,11 @@
 Each (row, seed) has its own folder under ``<out>/runs/<run key>/seed<k>/``; the run key names the config and
 the row's extra arguments, so rows that are the same run (Table 4's and Table 5's Molar, say) share it. A
 finished run leaves ``outcome.json`` there, so a second ``molar reproduce`` reads it instead of training again,
-and an interrupted one resumes from its ``last.ckpt``.
+and an interrupted one resumes from its ``last.ckpt``. The record keeps the run's arguments and a digest of each
+config file it read, so that a record made with other arguments or an edited config is refused, not mixed in.
 """
 
+import hashlib
 import json
 import re
 import time
@@ -40,6 +42,7 @@ class Outcome:
     test: Optional[dict[str, float]] = None
     error: str = ""
     arguments: tuple[str, ...] = ()  # the `molar fit` arguments of the run (paths included)
+    configs: Optional[dict[str, str]] = None  # digest of each --config file's text when it ran, by path
 
     def per_user(self) -> dict[int, dict[str, float]]:
         """Each test user's metrics (``results_per_user.csv``), by user id."""
@@ -51,6 +54,12 @@ class Outcome:
     def validation(self) -> list[dict[str, float]]:
         """The per-epoch validation metrics (``validation_history.json``)."""
         return json.loads((Path(self.log_dir) / "validation_history.json").read_text())
+
+
+def config_digests(arguments: list[str]) -> dict[str, str]:
+    """SHA-256 (first 16 hex digits) of the text of each file that ``arguments`` pass to ``--config``."""
+    paths = [arguments[index + 1] for index, argument in enumerate(arguments[:-1]) if argument == "--config"]
+    return {path: hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] for path in paths}
 
 
 def run_key(row: Row) -> str:
@@ -123,7 +132,8 @@ class Runner:
         outcome = Outcome(run_key(row), seed, "done", log_dir=str(log_dir),
                           best_checkpoint=cli.trainer.checkpoint_callback.best_model_path,
                           best_epoch=best_epoch(history), seconds=time.perf_counter() - started,
-                          test=json.loads((log_dir / "results.json").read_text()), arguments=tuple(arguments))
+                          test=json.loads((log_dir / "results.json").read_text()), arguments=tuple(arguments),
+                          configs=config_digests(arguments))
         write_atomically(record, json.dumps(asdict(outcome), indent=2))
         self.say(f"{row.name}, seed {seed}: test NDCG@10 {outcome.test['ndcg@10']:.4f} "
                  f"(best epoch {outcome.best_epoch}, {outcome.seconds:.0f} s)")
@@ -131,13 +141,22 @@ class Runner:
 
     @staticmethod
     def _finished(record: Path, arguments: list[str]) -> Outcome:
-        """The outcome ``record`` holds, if it was run with these ``arguments``: reading back a run made with
-        another profile, epoch cap or data would mix two settings in one table."""
+        """The outcome ``record`` holds, if it was run with these ``arguments`` and config files as they are now:
+        reading back a run made with another profile, epoch cap, data or config would mix two settings in one
+        table."""
         outcome = Outcome(**json.loads(record.read_text()))
         outcome.arguments = tuple(outcome.arguments)
-        if outcome.status == "done" and outcome.arguments != tuple(arguments):
+        if outcome.status != "done":
+            return outcome
+        if outcome.arguments != tuple(arguments):
             raise SettingError(f"{record.parent} was run with other settings ({' '.join(outcome.arguments)}); give "
                                f"another --out, or delete that folder to run it again with these")
+        changed = [path for path, digest in config_digests(arguments).items()
+                   if (outcome.configs or {}).get(path) != digest]
+        if changed:
+            raise SettingError(f"{record.parent} was run before {', '.join(changed)} changed (or by a version that "
+                               f"did not record its configs); give another --out, or delete that folder to run it "
+                               f"again with the config as it is")
         return outcome
 
     def _items(self, row: Row) -> Optional[str]:

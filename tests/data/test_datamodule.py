@@ -8,8 +8,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import pytest
+import torch
 
 from molar_lightning.data import datamodule
+from molar_lightning.data.collate import collate_train
 from molar_lightning.data.alignment import MIRMAlignmentDataModule
 from molar_lightning.data.datamodule import MovieLensDataModule, SequentialDataModule
 from molar_lightning.data.sources.movielens import MovieLens
@@ -51,11 +53,45 @@ def test_leave_one_out_rows(split: str, target: list[int], history: list[list[in
 def test_same_target_positives_share_the_last_target() -> None:
     offsets = np.array([0, 5, 10, 15])
     items = np.array([1, 2, 7, 8, 9, 3, 4, 7, 8, 9, 5, 6, 2, 8, 9])  # users 0 and 1 both train towards 7
-    windows = TrainWindowDataset(offsets, items, max_seq_len=10, same_target_positives=True)
-    inputs0, targets0, _, positive0 = windows[0]
-    assert targets0[-1] == 7 and positive0.tolist() == [3, 4]  # user 1's window, never its own
-    _, targets2, _, positive2 = windows[2]
-    assert targets2[-1] == 2 and positive2.tolist() == windows[2][0].tolist()  # alone: itself
+    windows = TrainWindowDataset(offsets, items, max_seq_len=10, same_target_positives="last")
+    inputs0, targets0, _, positives0 = windows[0]
+    assert targets0[-1] == 7 and [p.tolist() for p in positives0] == [[3, 4]]  # user 1's window, never its own
+    _, targets2, _, positives2 = windows[2]
+    assert targets2[-1] == 2 and [p.tolist() for p in positives2] == [windows[2][0].tolist()]  # alone: itself
+
+
+# Three users whose training parts (all but the last two items) share targets 3 (twice) and 4 (three times).
+SHARED_OFFSETS = np.array([0, 6, 11, 15])
+SHARED_ITEMS = np.array([1, 2, 3, 4, 90, 91, 5, 3, 4, 92, 93, 6, 4, 94, 95])
+# Each training position's prefix (its window's items up to it, max_seq_len 10: one window a user) and target.
+PREFIX_TARGETS = {(1,): 2, (1, 2): 3, (1, 2, 3): 4, (5,): 3, (5, 3): 4, (6,): 4}
+
+
+def test_every_position_gets_a_same_target_prefix_drawn_uniformly_from_the_data() -> None:
+    """positions all: one positive per position, in window order; each a training prefix with the position's
+    target, never the position's own unless it is alone with it (target 2); the others drawn uniformly."""
+    windows = TrainWindowDataset(SHARED_OFFSETS, SHARED_ITEMS, max_seq_len=10, same_target_positives="all")
+    torch.manual_seed(0)
+    draws = Counter()
+    for _ in range(600):
+        for index in range(len(windows)):
+            inputs, targets, _, positives = windows[index]
+            assert len(positives) == len(targets)
+            for position, (target, positive) in enumerate(zip(targets.tolist(), positives)):
+                assert PREFIX_TARGETS[tuple(positive.tolist())] == target
+                draws[(tuple(inputs[:position + 1].tolist()), tuple(positive.tolist()))] += 1
+    assert draws[((1,), (1,))] == 600  # target 2 is the first user's alone: its own prefix
+    assert draws[((1, 2), (5,))] == draws[((5,), (1, 2))] == 600  # target 3: the other one
+    for own, others in (((1, 2, 3), ((5, 3), (6,))), ((5, 3), ((1, 2, 3), (6,))), ((6,), ((1, 2, 3), (5, 3)))):
+        assert draws[(own, own)] == 0 and all(240 < draws[(own, other)] < 360 for other in others)
+
+
+def test_positive_prefixes_stack_one_row_per_position_in_the_batch() -> None:
+    windows = TrainWindowDataset(SHARED_OFFSETS, SHARED_ITEMS, max_seq_len=10, same_target_positives="all")
+    batch = collate_train([windows[index] for index in range(len(windows))])
+    targets = batch.target_seq[batch.target_seq != 0].tolist()
+    rows = [tuple(int(item) for item in row if item) for row in batch.positive_seq]
+    assert len(batch.positive_seq) == 6 and [PREFIX_TARGETS[row] for row in rows] == targets
 
 
 def test_datamodule_batches(ml1m_dir: Path, tmp_path: Path) -> None:

@@ -113,6 +113,26 @@ def test_runs_made_with_other_settings_are_not_mixed_in(out: Path, data: Path, c
     assert "was run with other settings" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("recorded", ["another digest", None], ids=["edited", "unrecorded"])
+def test_runs_made_before_their_config_changed_are_not_mixed_in(out: Path, data: Path, capsys, recorded) -> None:
+    """The record holds each config file's digest as it ran: one that differs from the file now (the config was
+    edited since), or a record without digests, is refused naming the file, and the record is left as it was."""
+    record = out / "runs" / "molar" / "seed0" / "outcome.json"
+    finished = record.read_text()
+    outcome = json.loads(finished)
+    (config, _), = [item for item in outcome["configs"].items() if item[0].endswith("molar.yaml")]
+    outcome["configs"] = None if recorded is None else {**outcome["configs"], config: recorded}
+    record.write_text(json.dumps(outcome))
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            main(["reproduce", "--fast", "--data-dir", str(data), *ROWS, "--out", str(out)])
+        assert stopped.value.code == 2
+        assert f"was run before {config}" in capsys.readouterr().err
+        assert json.loads(record.read_text()) == outcome
+    finally:
+        record.write_text(finished)
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--table", "7"], "--table 7: the paper's tables that molar reproduce knows are 2, 3, 4, 5, 6"),
     (["--table", "4", "--rows", "hllm"], "--rows hllm: not rows of table(s) 4"),

@@ -121,11 +121,14 @@ def test_plain_python_checkpoints_load_with_weights_only(ml1m_dir: Path, tmp_pat
 
 def test_duorec_adds_its_contrastive_loss_to_the_next_item_loss(ml1m_dir: Path, tmp_path: Path,
                                                                 monkeypatch) -> None:
-    """Every position's state and target reach the regulariser: without dropout the views are deterministic,
-    and with the same seed the same same-target draws and groups, so the same call gives the same value."""
-    data = MovieLensDataModule(str(ml1m_dir), cache_dir=str(tmp_path / "cache"), max_seq_len=8)
+    """Every position's state and target, and the data's positive prefix for it, reach the regulariser: without
+    dropout the views are deterministic, and with the same seed the same groups, so the same call gives the same
+    value."""
+    data = MovieLensDataModule(str(ml1m_dir), cache_dir=str(tmp_path / "cache"), max_seq_len=8,
+                               same_target_positives="all")
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
+    assert len(batch.positive_seq) == int((batch.target_seq != 0).sum())
     torch.manual_seed(0)
     encoder = DuoRec(data.num_items, max_seq_len=8, dropout=0.0, attention_dropout=0.0, contrastive_group_size=16)
     module = SequentialRecModule(encoder).train()
@@ -136,7 +139,8 @@ def test_duorec_adds_its_contrastive_loss_to_the_next_item_loss(ml1m_dir: Path, 
     with torch.no_grad():
         torch.manual_seed(1)
         states = encoder.sequence_states(batch.item_seq, batch.mask)
-        expected = encoder.auxiliary_loss(encoder, batch.item_seq, batch.mask, states, None, batch.target_seq)
+        expected = encoder.auxiliary_loss(encoder, batch.item_seq, batch.mask, states, batch.positive_seq,
+                                          batch.target_seq)
     assert expected > 0 and int(batch.mask.sum()) > 16  # more samples than a group: several groups
     torch.testing.assert_close(logged["train/auxiliary_loss"].detach(), expected)
     torch.testing.assert_close(loss, logged["train/next_item_loss"] + logged["train/auxiliary_loss"])

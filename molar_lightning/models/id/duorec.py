@@ -25,13 +25,13 @@ sequential_dataloader.py`` of their repository, and ``duorec.sh``):
 Training here is causal over windows, so a window of ``L`` items holds ``L`` of those samples: position
 ``t``'s state is the prefix ending there. With ``positions="all"`` each of them is a sample, as in the
 authors' code; ``positions="last"`` (this project's form before issue 14) takes only each window's last
-position, about 1/L of the samples. Positives are drawn inside the batch, so the batch sets both the steps an
-epoch and how many positions find a same-target positive. With SASRec's 128 windows (19 steps an epoch on
-MovieLens-100K, 94% of positions with a partner) the authors' dot product at temperature 1 stalls next-item
-training (validation NDCG@10 at most 0.036 over 8 epochs, SASRec 0.090). At the shipped configs' ``batch_size``
-of about 256 positions (the authors' step) it trains level with SASRec, but 73% of the positions then take their
-own state as positive, the unsupervised view. The authors' own code lags its next-item-only run on
-MovieLens-100K too (docs/id_models.md).
+position, about 1/L of the samples. With ``positives="data"`` (the authors') each sample's positive is a
+prefix that the DataModule draws from all training prefixes with its target (``same_target_positives`` set
+to the same ``positions``), run through the encoder in a third pass: at the shipped batch of about 256
+positions (the authors' step) that is about 256 prefixes a step, the authors' cost, and 99.9% of ML-100K's
+positions find a partner. ``positives="batch"`` draws the partner among the batch's own samples and needs no
+third pass, but at that batch 73% of the positions find none and take their own state (the unsupervised
+view). docs/id_models.md has the measurements.
 
 Every SASRec argument (``hidden_size``, ``dropout``, ...) is accepted and forwarded (``--help`` lists them,
 and the CLI's data links see them: jsonargparse follows the forwarding); ``dropout`` also makes the second
@@ -48,7 +48,8 @@ class DuoRec(SASRec):
     """SASRec with DuoRec's contrastive regulariser as its ``auxiliary_loss`` (DuoRec in the paper).
 
     Scoring is SASRec's; the tasks add ``auxiliary_loss`` to the next-item loss. Defaults are the authors'
-    (``duorec.sh``: ``lmd_sem=0.1``, ``tau=1``, ``sim=dot``, batch 256, every prefix a sample, their mask).
+    (``duorec.sh``: ``lmd_sem=0.1``, ``tau=1``, ``sim=dot``, batch 256, every prefix a sample, its positive
+    drawn from the data, their mask).
 
     Args:
         num_items: number of items ``N``; ids run ``1..N`` and 0 is padding.
@@ -57,7 +58,9 @@ class DuoRec(SASRec):
         temperature: divides the similarities inside the contrastive loss (``tau``).
         similarity: ``dot`` product (the authors') or ``cos`` ine similarity between views.
         positions: the contrastive samples: ``all`` positions with a target (the authors': every prefix), or
-            each window's ``last`` (needs ``data.init_args.same_target_positives: true``).
+            each window's ``last``.
+        positives: each sample's supervised view: a same-target prefix from the ``data`` (the authors'; needs
+            ``data.init_args.same_target_positives`` set to ``positions``), or another sample of the ``batch``.
         negatives: ``authors``: every other view of the group; ``drop_same_target`` also leaves out views
             of samples with the same next item.
         contrastive_group_size: most samples contrasted together (the authors' batch, 256).
@@ -70,10 +73,11 @@ class DuoRec(SASRec):
         temperature: float = 1.0,
         similarity: Literal["dot", "cos"] = "dot",
         positions: Literal["all", "last"] = "all",
+        positives: Literal["data", "batch"] = "data",
         negatives: Literal["authors", "drop_same_target"] = "authors",
         contrastive_group_size: int = 256,
         **kwargs,
     ) -> None:
         super().__init__(num_items, **kwargs)
         self.auxiliary_loss = DuoRecContrastiveLoss(contrastive_weight, temperature, similarity, positions,
-                                                    negatives, contrastive_group_size)
+                                                    positives, negatives, contrastive_group_size)

@@ -8,8 +8,12 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, List
 
 import pytest
+import numpy as np
 import torch
 from torch import nn
+
+from molar_lightning.data.collate import left_pad
+from molar_lightning.data.same_target import SameTargetPrefixes
 
 NUM_ITEMS = 40
 NUM_USERS = 300
@@ -26,7 +30,10 @@ class SyntheticSequences:
         num_users: rows, and users ``0..num_users-1``.
         train_seq: ``[U, L]`` every item but the last two.
         train_targets: ``[U, L]`` the item after each position of ``train_seq``; 0 at padding.
-        positive_seq: ``[U, L]`` another user's ``train_seq`` with the same last target (DuoRec's view).
+        positive_seq: ``[U, L]`` another user's ``train_seq`` with the same last target (DuoRec's view of the last
+            position).
+        prefixes: draws, per user, a same-target training prefix for each position of ``train_seq`` (DuoRec's
+            views of every position, as the DataModule draws them).
         eval_seq: ``[U, L]`` every item but the held-out last one; also the history excluded from ranking.
         eval_target: ``[U]`` the held-out last item.
         user_ids: ``[U]`` 0-based user ids.
@@ -37,6 +44,7 @@ class SyntheticSequences:
     train_seq: torch.Tensor
     train_targets: torch.Tensor
     positive_seq: torch.Tensor
+    prefixes: SameTargetPrefixes
     eval_seq: torch.Tensor
     eval_target: torch.Tensor
     user_ids: torch.Tensor
@@ -89,12 +97,16 @@ def synthetic() -> SyntheticSequences:
     lonely = same_target.sum(1, keepdim=True) == 1
     candidates = same_target & (~itself | lonely)
     partner = torch.multinomial(candidates.float(), 1, generator=generator).squeeze(1)
+    lengths = np.array([len(items) for items in sequences])
+    starts = np.cumsum(lengths) - lengths
+    prefixes = SameTargetPrefixes(np.concatenate(sequences), starts, starts + lengths - 2, "all")
     return SyntheticSequences(
         num_items=NUM_ITEMS,
         num_users=NUM_USERS,
         train_seq=train_seq,
         train_targets=train_targets,
         positive_seq=train_seq[partner],
+        prefixes=prefixes,
         eval_seq=_left_pad([items[:-1] for items in sequences], MAX_LEN),
         eval_target=torch.tensor([items[-1] for items in sequences]),
         user_ids=torch.arange(NUM_USERS),
@@ -126,7 +138,7 @@ def fit_and_rank(synthetic: SyntheticSequences) -> Callable[..., TrainResult]:
     """Train an encoder with Adam on mini-batches of users, then rank every item for each user's last one.
 
     The loop mirrors the sequential task: the loss over every non-padding position, plus the encoder's
-    ``auxiliary_loss`` (DuoRec's) when it has one.
+    ``auxiliary_loss`` (DuoRec's) when it has one, given the positives its ``positions`` read.
     """
 
     def run(
@@ -143,8 +155,10 @@ def fit_and_rank(synthetic: SyntheticSequences) -> Callable[..., TrainResult]:
             states = encoder.sequence_states(item_seq, mask, synthetic.user_ids[rows])
             value = loss(states[targets != 0], targets[targets != 0], encoder.item_embeddings())
             if encoder.auxiliary_loss is not None:
-                value = value + encoder.auxiliary_loss(encoder, item_seq, mask, states, synthetic.positive_seq[rows],
-                                                       targets)
+                positive_seq = synthetic.positive_seq[rows]
+                if encoder.auxiliary_loss.positions == "all":
+                    positive_seq = left_pad([prefix for row in rows for prefix in synthetic.prefixes.positives(int(row))])
+                value = value + encoder.auxiliary_loss(encoder, item_seq, mask, states, positive_seq, targets)
             optimizer.zero_grad()
             value.backward()
             optimizer.step()

@@ -14,6 +14,7 @@ from collections import Counter
 import pytest
 import torch
 
+from molar_lightning.data.collate import left_pad
 from molar_lightning.losses import DuoRecContrastiveLoss, FullSoftmaxCrossEntropy, info_nce, same_target_partners
 from molar_lightning.models.id.duorec import DuoRec
 from molar_lightning.models.id.sasrec import SASRec
@@ -75,6 +76,12 @@ def windows():
     return item_seq, target_seq, positive_seq
 
 
+def position_prefixes(item_seq: torch.Tensor, target_seq: torch.Tensor) -> list[torch.Tensor]:
+    """Each position with a target, row by row: its window's items up to it (what its state reads)."""
+    return [row[row != 0][:column + 1 - int((row == 0).sum())]
+            for row, targets in zip(item_seq, target_seq) for column in range(len(row)) if targets[column]]
+
+
 def the_other_with_its_target(targets: torch.Tensor) -> torch.Tensor:
     """For targets alone or in pairs: the other one of the pair, or the entry itself."""
     return torch.tensor([next((col for col in range(len(targets)) if col != row and targets[col] == targets[row]),
@@ -102,8 +109,8 @@ def test_encoder_is_sasrec(synthetic) -> None:
 
 def test_defaults_are_the_authors() -> None:
     loss = DuoRec(10).auxiliary_loss
-    assert (loss.weight, loss.temperature, loss.similarity, loss.positions, loss.negatives, loss.group_size) == (
-        0.1, 1.0, "dot", "all", "authors", 256)
+    assert (loss.weight, loss.temperature, loss.similarity, loss.positions, loss.positives, loss.negatives,
+            loss.group_size) == (0.1, 1.0, "dot", "all", "data", "authors", 256)
 
 
 def test_is_causal(model, check_causal) -> None:
@@ -146,18 +153,39 @@ def test_same_target_partners_draw_another_entry_uniformly() -> None:
 
 
 @pytest.mark.parametrize("similarity, negatives", OPTIONS)
-def test_every_position_loss_equals_the_hand_value(windows, similarity, negatives) -> None:
-    """positions=all: every position with a target is a sample; its anchor is the second pass at that position,
-    its positive the main pass's state at the other position with the same target (itself when alone)."""
-    item_seq, target_seq, positive_seq = windows
-    model = tiny_duorec(similarity=similarity, negatives=negatives, contrastive_weight=0.3)
-    with torch.no_grad():
-        second_pass = model.sequence_states(item_seq, item_seq != 0)
-        main_pass = second_pass + torch.linspace(-1.0, 1.0, 8)  # unlike the second pass, to tell them apart
-        loss = model.auxiliary_loss(model, item_seq, item_seq != 0, main_pass, positive_seq, target_seq)
+def test_every_position_loss_with_the_datas_positives_equals_the_hand_value(windows, similarity, negatives) -> None:
+    """positions=all, positives=data (the authors'): every position with a target is a sample; its anchor is the
+    second pass at that position, its positive the state of positive_seq's row for it, here the prefix of the other
+    position with its target (itself when alone). Causal states make that prefix's state the window's state there."""
+    item_seq, target_seq, _ = windows
     has_target = target_seq != 0
     targets = target_seq[has_target]
     assert len(targets) == 9
+    prefixes = position_prefixes(item_seq, target_seq)
+    positive_seq = left_pad([prefixes[int(partner)].numpy() for partner in the_other_with_its_target(targets)])
+    model = tiny_duorec(similarity=similarity, negatives=negatives, contrastive_weight=0.3)
+    with torch.no_grad():
+        second_pass = model.sequence_states(item_seq, item_seq != 0)
+        main_pass = second_pass + torch.linspace(-1.0, 1.0, 8)  # not read: the positives come from positive_seq
+        loss = model.auxiliary_loss(model, item_seq, item_seq != 0, main_pass, positive_seq, target_seq)
+    positives = second_pass[has_target][the_other_with_its_target(targets)]
+    expected = 0.3 * by_hand(second_pass[has_target], positives, 1.0, similarity,
+                             targets if negatives == "drop_same_target" else None)
+    torch.testing.assert_close(loss, torch.tensor(expected))
+
+
+@pytest.mark.parametrize("similarity, negatives", OPTIONS)
+def test_every_position_loss_with_in_batch_positives_equals_the_hand_value(windows, similarity, negatives) -> None:
+    """positions=all, positives=batch: a position's positive is the main pass's state at the other position of
+    the batch with the same target (itself when alone)."""
+    item_seq, target_seq, _ = windows
+    model = tiny_duorec(similarity=similarity, negatives=negatives, contrastive_weight=0.3, positives="batch")
+    with torch.no_grad():
+        second_pass = model.sequence_states(item_seq, item_seq != 0)
+        main_pass = second_pass + torch.linspace(-1.0, 1.0, 8)  # unlike the second pass, to tell them apart
+        loss = model.auxiliary_loss(model, item_seq, item_seq != 0, main_pass, None, target_seq)
+    has_target = target_seq != 0
+    targets = target_seq[has_target]
     positives = main_pass[has_target][the_other_with_its_target(targets)]
     expected = 0.3 * by_hand(second_pass[has_target], positives, 1.0, similarity,
                              targets if negatives == "drop_same_target" else None)
@@ -181,7 +209,7 @@ def test_last_position_loss_equals_the_hand_value(windows, similarity, negatives
 @pytest.mark.parametrize("positions", ["all", "last"])
 def test_a_middle_position_counts_only_when_every_position_is_a_sample(windows, positions) -> None:
     item_seq, target_seq, positive_seq = windows
-    model = tiny_duorec(positions=positions)
+    model = tiny_duorec(positions=positions, positives="batch")
     with torch.no_grad():
         states = model.sequence_states(item_seq, item_seq != 0)
         moved = states.clone()
@@ -195,7 +223,7 @@ def test_samples_are_contrasted_in_random_groups(windows) -> None:
     """With groups of at most 2, the 4 samples of two windows split into two pairs, each its own InfoNCE; the
     loss is one of the three partitions' means, and different draws give different partitions."""
     item_seq, target_seq = windows[0][:1], windows[1][:1]  # targets 2, 3, 4, 5: all alone, their own positives
-    model = tiny_duorec(contrastive_group_size=2)
+    model = tiny_duorec(contrastive_group_size=2, positives="batch")
     with torch.no_grad():
         states = model.sequence_states(item_seq, item_seq != 0)[0]
         main_pass = states + torch.linspace(-2.0, 2.0, 8)
@@ -212,11 +240,12 @@ def test_samples_are_contrasted_in_random_groups(windows) -> None:
     assert len(seen) > 1
 
 
-def test_auxiliary_loss_is_positive_and_trains_the_encoder(model, synthetic) -> None:
+def test_auxiliary_loss_is_positive_and_trains_the_encoder(synthetic) -> None:
+    """positions=last with the data's positive windows, so that all three passes carry gradient."""
     item_seq, targets = synthetic.train_seq[:8], synthetic.train_targets[:8]
-    model.train()
+    model = DuoRec(synthetic.num_items, **TINY, positions="last").train()
     states = model.sequence_states(item_seq, item_seq != 0)
-    loss = model.auxiliary_loss(model, item_seq, item_seq != 0, states, None, targets)
+    loss = model.auxiliary_loss(model, item_seq, item_seq != 0, states, synthetic.positive_seq[:8], targets)
     loss.backward()
     assert loss.ndim == 0 and bool(torch.isfinite(loss)) and loss.item() > 0
     assert float(model.item_embedding.weight.grad.abs().sum()) > 0
@@ -225,27 +254,36 @@ def test_auxiliary_loss_is_positive_and_trains_the_encoder(model, synthetic) -> 
 
 def test_zero_weight_gives_zero_loss(synthetic) -> None:
     item_seq, targets = synthetic.train_seq[:8], synthetic.train_targets[:8]
-    model = DuoRec(synthetic.num_items, **TINY, contrastive_weight=0.0).train()
+    model = DuoRec(synthetic.num_items, **TINY, contrastive_weight=0.0, positives="batch").train()
     states = model.sequence_states(item_seq, item_seq != 0)
     assert model.auxiliary_loss(model, item_seq, item_seq != 0, states, None, targets).item() == 0.0
 
 
 @pytest.mark.parametrize("setting", [{"similarity": "euclid"}, {"positions": "first"}, {"negatives": "none"},
+                                     {"positives": "memory"},
                                      {"contrastive_group_size": 1}], ids=lambda setting: next(iter(setting)))
 def test_rejects_an_unknown_setting(setting) -> None:
     with pytest.raises(SettingError, match=repr(next(iter(setting.values()))).strip("'")):
         DuoRec(10, **setting)
 
 
-def test_last_positions_need_the_datas_positives(windows) -> None:
+@pytest.mark.parametrize("positions, given", [("all", None), ("all", 3), ("last", None), ("last", 9)])
+def test_the_datas_positives_must_give_one_prefix_per_sample(windows, positions, given) -> None:
+    """9 positions with a target in 3 windows: positions=all needs 9 positive rows, last needs 3; the message
+    names the DataModule setting that gives them."""
     item_seq, target_seq, _ = windows
-    model = tiny_duorec(positions="last")
-    with pytest.raises(SettingError, match="same_target_positives"):
-        model.auxiliary_loss(model, item_seq, item_seq != 0, model.sequence_states(item_seq, item_seq != 0), None,
-                             target_seq)
+    model = tiny_duorec(positions=positions)
+    positive_seq = None if given is None else torch.ones(given, 2, dtype=torch.long)
+    with pytest.raises(SettingError, match=f"same_target_positives: {positions}"):
+        model.auxiliary_loss(model, item_seq, item_seq != 0, model.sequence_states(item_seq, item_seq != 0),
+                             positive_seq, target_seq)
 
 
-def test_learns_the_transitions_with_the_regulariser(model, fit_and_rank, popularity_ndcg) -> None:
+@pytest.mark.parametrize("options", [{}, {"positions": "last"}, {"positives": "batch"}],
+                         ids=["defaults", "last-data", "all-batch"])
+def test_learns_the_transitions_with_the_regulariser(synthetic, fit_and_rank, popularity_ndcg, options) -> None:
+    torch.manual_seed(0)
+    model = DuoRec(synthetic.num_items, **TINY, **options)
     result = fit_and_rank(model, FullSoftmaxCrossEntropy(), steps=100)
     assert result.last_loss < 0.6 * result.first_loss
     assert result.ndcg > popularity_ndcg + 0.5, (result.ndcg, popularity_ndcg)

@@ -67,8 +67,11 @@ def test_sigterm_stops_fit_with_status_143_and_a_checkpoint(ml1m_dir: Path, tmp_
 
 
 def test_sigterm_during_fits_test_says_the_test_did_not_finish(ml1m_dir: Path, tmp_path: Path, capsys,
-                                                                caplog) -> None:
+                                                                caplog, monkeypatch) -> None:
     run = tmp_path / "run"
+    # Lightning stops its logger propagating to the root logger (where caplog listens) when the root logger had no
+    # handler at Lightning's first import, which depends on which test file imported it first.
+    monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)
     with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as exit_info:
         main(arguments(run, ml1m_dir, "--trainer.max_epochs", "1", "--data.init_args.eval_batch_size", "2",
                        f"--trainer.callbacks+={__name__}.SIGTERMInTest"))

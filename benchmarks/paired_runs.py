@@ -35,15 +35,19 @@ def report(a: list[Outcome], b: list[Outcome], names: tuple[str, str]) -> str:
     a_users, b_users = seed_averaged(a), seed_averaged(b)
     if set(a_users) != set(b_users):
         raise SystemExit("error: the two sets ranked different test users; were they run on the same data?")
+    def spread(outcomes: list[Outcome], metric: str) -> tuple[float, str]:
+        """The mean over seeds, and it as text: with ``± std`` from two seeds on."""
+        mean, std = mean_and_std([outcome.test[metric] for outcome in outcomes])
+        return mean, f"{mean:.4f} ± {std:.4f}" if len(outcomes) > 1 else f"{mean:.4f}"
+
     lines = [f"| metric | {names[0]} | {names[1]} | difference | p (users) | p (seeds) |", "|---|---|---|---|---|---|"]
     for metric in METRICS:
-        mean_a, std_a = mean_and_std([outcome.test[metric] for outcome in a])
-        mean_b, std_b = mean_and_std([outcome.test[metric] for outcome in b])
+        (mean_a, text_a), (mean_b, text_b) = spread(a, metric), spread(b, metric)
         by_users = paired_t_test([a_users[user][metric] for user in a_users],
                                  [b_users[user][metric] for user in a_users])
         by_seeds = paired_t_test([outcome.test[metric] for outcome in a], [outcome.test[metric] for outcome in b])
         p_seeds = "–" if by_seeds is None else f"{by_seeds.p_value:.2g}"
-        lines.append(f"| {metric} | {mean_a:.4f} ± {std_a:.4f} | {mean_b:.4f} ± {std_b:.4f} | "
+        lines.append(f"| {metric} | {text_a} | {text_b} | "
                      f"{mean_a - mean_b:+.4f} ({(mean_a - mean_b) / mean_b:+.1%}) | {by_users.p_value:.2g} | {p_seeds} |")
     return "\n".join(lines)
 

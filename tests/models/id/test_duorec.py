@@ -152,42 +152,29 @@ def test_same_target_partners_draw_another_entry_uniformly() -> None:
         assert draws[(row, row)] == 0 and all(400 < draws[(row, col)] < 600 for col in others)
 
 
+@pytest.mark.parametrize("positives", ["data", "batch"])
 @pytest.mark.parametrize("similarity, negatives", OPTIONS)
-def test_every_position_loss_with_the_datas_positives_equals_the_hand_value(windows, similarity, negatives) -> None:
-    """positions=all, positives=data (the authors'): every position with a target is a sample; its anchor is the
-    second pass at that position, its positive the state of positive_seq's row for it, here the prefix of the other
-    position with its target (itself when alone). Causal states make that prefix's state the window's state there."""
+def test_every_position_loss_equals_the_hand_value(windows, similarity, negatives, positives) -> None:
+    """positions=all: every position with a target is a sample; its anchor is the second pass at that position.
+    Its positive is, with positives=data (the authors'), the state of positive_seq's row for it, here the prefix
+    of the other position with its target (itself when alone): causal states make that prefix's state the
+    window's state there. With positives=batch it is the main pass's state at that other position."""
     item_seq, target_seq, _ = windows
     has_target = target_seq != 0
     targets = target_seq[has_target]
     assert len(targets) == 9
-    prefixes = position_prefixes(item_seq, target_seq)
-    positive_seq = left_pad([prefixes[int(partner)].numpy() for partner in the_other_with_its_target(targets)])
-    model = tiny_duorec(similarity=similarity, negatives=negatives, contrastive_weight=0.3)
-    with torch.no_grad():
-        second_pass = model.sequence_states(item_seq, item_seq != 0)
-        main_pass = second_pass + torch.linspace(-1.0, 1.0, 8)  # not read: the positives come from positive_seq
-        loss = model.auxiliary_loss(model, item_seq, item_seq != 0, main_pass, positive_seq, target_seq)
-    positives = second_pass[has_target][the_other_with_its_target(targets)]
-    expected = 0.3 * by_hand(second_pass[has_target], positives, 1.0, similarity,
-                             targets if negatives == "drop_same_target" else None)
-    torch.testing.assert_close(loss, torch.tensor(expected))
-
-
-@pytest.mark.parametrize("similarity, negatives", OPTIONS)
-def test_every_position_loss_with_in_batch_positives_equals_the_hand_value(windows, similarity, negatives) -> None:
-    """positions=all, positives=batch: a position's positive is the main pass's state at the other position of
-    the batch with the same target (itself when alone)."""
-    item_seq, target_seq, _ = windows
-    model = tiny_duorec(similarity=similarity, negatives=negatives, contrastive_weight=0.3, positives="batch")
+    partners = the_other_with_its_target(targets)
+    positive_seq = None
+    if positives == "data":
+        prefixes = position_prefixes(item_seq, target_seq)
+        positive_seq = left_pad([prefixes[int(partner)].numpy() for partner in partners])
+    model = tiny_duorec(similarity=similarity, negatives=negatives, contrastive_weight=0.3, positives=positives)
     with torch.no_grad():
         second_pass = model.sequence_states(item_seq, item_seq != 0)
         main_pass = second_pass + torch.linspace(-1.0, 1.0, 8)  # unlike the second pass, to tell them apart
-        loss = model.auxiliary_loss(model, item_seq, item_seq != 0, main_pass, None, target_seq)
-    has_target = target_seq != 0
-    targets = target_seq[has_target]
-    positives = main_pass[has_target][the_other_with_its_target(targets)]
-    expected = 0.3 * by_hand(second_pass[has_target], positives, 1.0, similarity,
+        loss = model.auxiliary_loss(model, item_seq, item_seq != 0, main_pass, positive_seq, target_seq)
+    positive_states = second_pass if positives == "data" else main_pass
+    expected = 0.3 * by_hand(second_pass[has_target], positive_states[has_target][partners], 1.0, similarity,
                              targets if negatives == "drop_same_target" else None)
     torch.testing.assert_close(loss, torch.tensor(expected))
 

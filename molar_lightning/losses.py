@@ -330,6 +330,28 @@ def same_target_partners(targets: torch.Tensor) -> torch.Tensor:
     return partners
 
 
+# DuoRec's positive prefixes run from 1 to 50 items; padded to the longest, about half of the third pass is
+# padding. Four length groups cut its step on ML-100K from 158-182 ms to 97-102 ms (2 CPU threads; more groups
+# cost more calls than they save).
+POSITIVE_LENGTH_GROUPS = 4
+
+
+def encode_by_length(encoder: IDSequenceEncoder, item_seq: torch.Tensor, groups: int) -> torch.Tensor:
+    """``encoder.encode_sequence`` of the left-padded ``item_seq [P, L]``, run in ``groups`` groups of rows of
+    similar length, each cut to its longest row: ``[P, D]`` in ``item_seq``'s row order.
+
+    The same values as one call (positions count from each row's first item and padding is masked), with less
+    padding to compute; in training each group draws its own dropout."""
+    lengths = (item_seq != 0).sum(1)
+    order = lengths.argsort(stable=True)
+    states = []
+    for rows in order.tensor_split(min(groups, len(order))):
+        width = max(int(lengths[rows[-1]]), 1)
+        part = item_seq[rows, -width:]
+        states.append(encoder.encode_sequence(part, part != 0))
+    return torch.cat(states)[order.argsort()]
+
+
 class DuoRecContrastiveLoss(nn.Module):
     """DuoRec's contrastive regulariser against representation degeneration (Qiu et al., WSDM 2022), as the
     authors' code (``contrast=us_x``) computes it.
@@ -423,7 +445,7 @@ class DuoRecContrastiveLoss(nn.Module):
                 raise SettingError(f"DuoRec positives='data' with positions={self.positions!r} needs one positive "
                                    f"prefix per sample ({len(targets)} in this batch, {given} given): set "
                                    f"data.init_args.same_target_positives: {self.positions}, or use positives='batch'")
-            positives = encoder.encode_sequence(positive_seq, positive_seq != 0)
+            positives = encode_by_length(encoder, positive_seq, POSITIVE_LENGTH_GROUPS)
         groups = torch.randperm(len(targets), device=targets.device).tensor_split(
             math.ceil(len(targets) / self.group_size))
         drop_same_target = self.negatives == "drop_same_target"

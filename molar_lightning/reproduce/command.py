@@ -5,7 +5,8 @@
 Every row of each table runs once per seed (an ID model that a row aligns with runs first, with the same seed),
 each from ``configs/<data>/<row>.yaml`` with the profile's overrides (:mod:`.profiles`); then ``table<N>.md``,
 ``.csv`` and the plots land in ``--out``. Runs are kept, so a second call with more tables or seeds trains only
-what is new, and an interrupted run resumes. Arguments it does not know are passed to every ``molar fit``.
+what is new, and an interrupted run resumes. Several processes with the same arguments share the runs
+(:mod:`.claims`). Arguments it does not know are passed to every ``molar fit``.
 """
 
 import argparse
@@ -56,10 +57,15 @@ def main(arguments: list[str]) -> list[Path]:
     runner = Runner(options.data, options.data_dir, out, profile, rows, fit_arguments,
                     say=lambda line: print(f"[reproduce {time.strftime('%H:%M:%S')}] {line}", flush=True))
     seeds = list(range(options.seeds))
+    keys = {number: [key for key in paper_table.rows if not options.rows or key in options.rows
+                     or key == paper_table.base] for number, paper_table in zip(options.table, tables)}
+    for key in dict.fromkeys(key for table_keys in keys.values() for key in table_keys):
+        if not profile.skip_reason(rows[key], options.data):
+            for seed in seeds:  # first every run that no other process holds (claims.py), then the tables
+                runner.outcome(rows[key], seed, wait=False)
     written = []
     for number, paper_table in zip(options.table, tables):
-        keys = [key for key in paper_table.rows if not options.rows or key in options.rows or key == paper_table.base]
-        results = [run_row(runner, profile, rows[key], options.data, seeds) for key in keys]
+        results = [run_row(runner, profile, rows[key], options.data, seeds) for key in keys[number]]
         header = (f"{options.data} from `{options.data_dir}`, seeds {', '.join(map(str, seeds))}, profile "
                   f"{profile.name}: {profile.note}. Test: each user's last item ranked against all items, history "
                   f"excluded, at the best validation NDCG@10. p (users): paired t-test over the test users of the "

@@ -23,11 +23,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from molar_lightning.callbacks.sigterm import SIGTERMCheckpointCallback
 from molar_lightning.cli import build_cli
+from molar_lightning.reproduce.claims import CLAIM, claimed
 from molar_lightning.reproduce.profiles import Profile
 from molar_lightning.reproduce.tables import Row
 from molar_lightning.user_error import SettingError, UserError
 from molar_lightning.atomic_files import write_atomically
 
+POLL_SECONDS = 10  # how often a run held by another process is looked at
 MONITORED = "ndcg@10"  # what the configs' checkpoints keep the best of (val/ndcg@10)
 
 
@@ -108,14 +110,22 @@ class Runner:
         self.data, self.data_dir, self.out, self.profile = data, data_dir, out, profile
         self.rows, self.fit_arguments, self.say = rows, fit_arguments, say
         self.item_cache: Optional[str] = None
+        self.outcomes: dict[tuple[str, int], Outcome] = {}  # fitted by this process (a failed one is not refitted)
 
-    def outcome(self, row: Row, seed: int) -> Outcome:
-        """The row's run for ``seed``: read back when finished before, else fitted (its ID model first) and tested."""
+    def outcome(self, row: Row, seed: int, wait: bool = True) -> Optional[Outcome]:
+        """The row's run for ``seed``: read back when finished before, else fitted (its ID model first) and tested.
+
+        A run that another live process holds (:mod:`.claims`) is waited for, or with ``wait=False`` left to it:
+        then the result is None."""
+        if (run_key(row), seed) in self.outcomes:
+            return self.outcomes[run_key(row), seed]
         folder = self.out / "runs" / run_key(row) / f"seed{seed}"
         record = folder / "outcome.json"
         arguments = self.profile.arguments(row, self.data, self._items(row))
         if row.id_model is not None:
-            id_outcome = self.outcome(self.rows[row.id_model], seed)
+            id_outcome = self.outcome(self.rows[row.id_model], seed, wait)
+            if id_outcome is None:
+                return None
             if id_outcome.status != "done":
                 return Outcome(run_key(row), seed, "failed", error=f"its ID model ({row.id_model}) failed")
             arguments += ["--model.init_args.encoder_checkpoint", id_outcome.best_checkpoint]
@@ -124,8 +134,22 @@ class Runner:
                       "--trainer.default_root_dir", str(folder), "--seed_everything", str(seed),
                       "--evaluation.per_user", "true", "--trainer.enable_progress_bar", "false",
                       "--trainer.enable_model_summary", "false", *self.fit_arguments]
-        if record.is_file():
-            return self._finished(record, arguments)
+        said_waiting = False
+        while not record.is_file():
+            with claimed(folder) as mine:
+                if mine and not record.is_file():  # (finished by its holder between the check and the claim)
+                    self.outcomes[run_key(row), seed] = self._fit(row, seed, folder, record, arguments)
+                    return self.outcomes[run_key(row), seed]
+            if not wait:
+                return None
+            if not said_waiting:
+                self.say(f"{row.name}, seed {seed}: waiting for the process that holds {folder / CLAIM}")
+                said_waiting = True
+            time.sleep(POLL_SECONDS)
+        return self._finished(record, arguments)
+
+    def _fit(self, row: Row, seed: int, folder: Path, record: Path, arguments: list[str]) -> Outcome:
+        """Fit and test the run in ``folder`` (resuming what a stopped one left) and write its ``record``."""
         checkpoint = resume_checkpoint(folder)
         resume = ["--ckpt_path", str(checkpoint)] if checkpoint else []
         self.say(f"{row.name}, seed {seed}: fitting {run_key(row)} into {folder}"

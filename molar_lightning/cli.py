@@ -10,7 +10,6 @@ rebuilds its model (``Task.load_from_checkpoint(path)``, ``molar test --ckpt_pat
 
 import os
 import sys
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from lightning.pytorch import LightningModule, Trainer
@@ -25,6 +24,7 @@ from molar_lightning.callbacks.sigterm import SIGTERMCheckpointCallback
 from molar_lightning.config_keys import accepted, asks_for_help, config_problem, given_config, resolve
 from molar_lightning.data.datamodule import SequentialDataModule
 from molar_lightning.launch_checks import launch_problem
+from molar_lightning.resume import checkpoint_folder
 # Imported so that jsonargparse knows them by their short names too (`--model.help SequentialRecModule`).
 from molar_lightning.models.id import duorec, fpmc, gru4rec, sasrec  # noqa: F401
 from molar_lightning.tasks import mirm_alignment, molar, sequential  # noqa: F401
@@ -52,19 +52,19 @@ class MolarCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": "val/ndcg@10", "checkpoint.mode": "max",
                              "checkpoint.save_last": True, "checkpoint.filename": "best-{epoch}"})
-        # Every logger (configs/logger/) writes into the run folder: default_root_dir, else the working directory.
+        # Every logger (configs/logger/) writes into the run folder, as a real path (molar_lightning/resume.py).
         parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir",
-                              compute_fn=lambda root: root or os.getcwd())
+                              compute_fn=lambda root: os.path.realpath(root or os.getcwd()))
         for name in self.encoder_links:
             parser.link_arguments(f"data.{name}", f"model.init_args.encoder.init_args.{name}", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
-        """A resumed fit writes its checkpoints beside the one it resumes from (unless ``checkpoint.dirpath`` is
-        set): ModelCheckpoint forgets which checkpoint was best when its folder changes, as it does when the logger
-        starts a new version, and the final test would then take the first one saved after the resume."""
-        config = self.config.get("fit")  # a checkpoint file or folder; not "last" and Lightning's other keywords
-        if self.subcommand == "fit" and Path(str(config.ckpt_path)).exists() and config.checkpoint.dirpath is None:
-            config.checkpoint.dirpath = str(Path(config.ckpt_path).resolve().parent)
+        """The run folder as a real path; a resumed fit's checkpoints where its run wrote them (resume.py)."""
+        config = self.config.get(self.subcommand) if self.subcommand else self.config  # (no subcommand: run=False)
+        if config.trainer.default_root_dir:
+            config.trainer.default_root_dir = os.path.realpath(config.trainer.default_root_dir)
+        if self.subcommand == "fit" and config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = checkpoint_folder(config.ckpt_path)
 
     def fit(self, model: LightningModule, **kwargs: Any) -> None:
         """Train, then test the best checkpoint (the last weights when checkpointing is off)."""

@@ -2,6 +2,7 @@
 from which ``--ckpt_path`` resumes to a finished, tested run (slow: both as real processes); SIGTERM during the
 test after training exits with 143 too, saying that the test did not finish and how to run it."""
 
+import json
 import logging
 
 import os
@@ -110,3 +111,24 @@ def test_sigterm_mid_epoch_exits_non_zero_and_its_checkpoint_resumes(ml1m_dir: P
     last = max(run.rglob("last.ckpt"), key=os.path.getmtime)  # the resumed run's log folder is a new version
     assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 2  # ran to max_epochs
     assert not checkpoint.exists()  # stale once the fit finished
+
+
+def test_a_run_resumed_from_its_interrupted_checkpoint_keeps_its_checkpoint_folder_and_best(
+        ml1m_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """interrupted.ckpt sits at the run's root, away from the checkpoints: the resumed fit goes on writing into the
+    interrupted run's checkpoint folder, so ModelCheckpoint keeps the best of the epochs before the interrupt, and
+    the final test takes the best of all epochs. The run folder is given relative to the working directory."""
+    monkeypatch.chdir(tmp_path)
+    run = Path("run")
+    with pytest.raises(SystemExit):
+        main(arguments(run, ml1m_dir, f"--trainer.callbacks+={__name__}.SIGTERMAt"))
+    (folder,) = {path.parent for path in run.rglob("*.ckpt") if path.name != "interrupted.ckpt"}
+    main(arguments(run, ml1m_dir, "--ckpt_path", str(run / "interrupted.ckpt"), "--trainer.max_epochs", "4"))
+    assert not list(run.glob("*.ckpt"))  # nothing written beside interrupted.ckpt, which the finished fit removed
+    state = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)  # written by this framework
+    assert state["epoch"] == 3
+    (checkpoint,) = [value for key, value in state["callbacks"].items() if key.startswith("ModelCheckpoint")]
+    history = json.loads(max(run.rglob("validation_history.json"), key=os.path.getmtime).read_text())
+    assert [entry["epoch"] for entry in history] == [0, 1, 2, 3]
+    assert float(checkpoint["best_model_score"]) == max(entry["ndcg@10"] for entry in history)
+    assert Path(checkpoint["best_model_path"]).parent == folder.resolve()

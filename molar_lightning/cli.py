@@ -8,7 +8,6 @@ rebuilds its model (``Task.load_from_checkpoint(path)``, ``molar test --ckpt_pat
 (``prepare``, ``embed``, ...) are in :mod:`molar_lightning.commands`.
 """
 
-import os
 import sys
 from typing import Any, Optional, Sequence
 
@@ -24,7 +23,7 @@ from molar_lightning.callbacks.sigterm import SIGTERMCheckpointCallback
 from molar_lightning.config_keys import accepted, asks_for_help, config_problem, given_config, resolve
 from molar_lightning.data.datamodule import SequentialDataModule
 from molar_lightning.launch_checks import launch_problem
-from molar_lightning.resume import checkpoint_folder
+from molar_lightning.resume import checkpoint_folder, real_folder
 # Imported so that jsonargparse knows them by their short names too (`--model.help SequentialRecModule`).
 from molar_lightning.models.id import duorec, fpmc, gru4rec, sasrec  # noqa: F401
 from molar_lightning.tasks import mirm_alignment, molar, sequential  # noqa: F401
@@ -54,7 +53,7 @@ class MolarCLI(LightningCLI):
                              "checkpoint.save_last": True, "checkpoint.filename": "best-{epoch}"})
         # Every logger (configs/logger/) writes into the run folder, as a real path (molar_lightning/resume.py).
         parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir",
-                              compute_fn=lambda root: os.path.realpath(root or os.getcwd()))
+                              compute_fn=real_folder)
         for name in self.encoder_links:
             parser.link_arguments(f"data.{name}", f"model.init_args.encoder.init_args.{name}", apply_on="instantiate")
 
@@ -62,7 +61,7 @@ class MolarCLI(LightningCLI):
         """The run folder as a real path; a resumed fit's checkpoints where its run wrote them (resume.py)."""
         config = self.config.get(self.subcommand) if self.subcommand else self.config  # (no subcommand: run=False)
         if config.trainer.default_root_dir:
-            config.trainer.default_root_dir = os.path.realpath(config.trainer.default_root_dir)
+            config.trainer.default_root_dir = real_folder(config.trainer.default_root_dir)
         if self.subcommand == "fit" and config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = checkpoint_folder(config.ckpt_path)
 

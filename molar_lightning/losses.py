@@ -331,8 +331,8 @@ def same_target_partners(targets: torch.Tensor) -> torch.Tensor:
 
 
 # DuoRec's positive prefixes run from 1 to 50 items; padded to the longest, about half of the third pass is
-# padding. Four length groups cut its step on ML-100K from 158-182 ms to 97-102 ms (2 CPU threads; more groups
-# cost more calls than they save).
+# padding. Four length groups cut a DuoRec training step on ML-100K from 195 ms to 114 ms (2 CPU threads,
+# docs/id_models.md); eight cost more calls than they save.
 POSITIVE_LENGTH_GROUPS = 4
 
 

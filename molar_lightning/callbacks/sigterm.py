@@ -20,6 +20,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
+INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
+
+
 class SIGTERMCheckpointCallback(pl.Callback):
     """Saves ``<default_root_dir>/<filename>`` when SIGTERM stops ``fit``; resume with ``--ckpt_path`` that file.
 
@@ -28,7 +31,7 @@ class SIGTERMCheckpointCallback(pl.Callback):
             script that requeues itself knows where to resume from).
     """
 
-    def __init__(self, filename: str = "interrupted.ckpt") -> None:
+    def __init__(self, filename: str = INTERRUPTED_CHECKPOINT) -> None:
         self.filename = filename
         self.trained = False  # fit ended in this process: a later test is fit's own
 

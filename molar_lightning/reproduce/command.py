@@ -57,15 +57,14 @@ def main(arguments: list[str]) -> list[Path]:
     runner = Runner(options.data, options.data_dir, out, profile, rows, fit_arguments,
                     say=lambda line: print(f"[reproduce {time.strftime('%H:%M:%S')}] {line}", flush=True))
     seeds = list(range(options.seeds))
-    keys = {number: [key for key in paper_table.rows if not options.rows or key in options.rows
-                     or key == paper_table.base] for number, paper_table in zip(options.table, tables)}
-    for key in dict.fromkeys(key for table_keys in keys.values() for key in table_keys):
-        if not profile.skip_reason(rows[key], options.data):
-            for seed in seeds:  # first every run that no other process holds (claims.py), then the tables
-                runner.outcome(rows[key], seed, wait=False)
     written = []
     for number, paper_table in zip(options.table, tables):
-        results = [run_row(runner, profile, rows[key], options.data, seeds) for key in keys[number]]
+        keys = [key for key in paper_table.rows if not options.rows or key in options.rows or key == paper_table.base]
+        for key in keys:  # first the table's runs that no other process holds (claims.py), then the rest
+            if not profile.skip_reason(rows[key], options.data):
+                for seed in seeds:
+                    runner.outcome(rows[key], seed, wait=False)
+        results = [run_row(runner, profile, rows[key], options.data, seeds) for key in keys]
         header = (f"{options.data} from `{options.data_dir}`, seeds {', '.join(map(str, seeds))}, profile "
                   f"{profile.name}: {profile.note}. Test: each user's last item ranked against all items, history "
                   f"excluded, at the best validation NDCG@10. p (users): paired t-test over the test users of the "

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import yaml
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from molar_lightning.callbacks.sigterm import SIGTERMCheckpointCallback
+from molar_lightning.callbacks.sigterm import INTERRUPTED_CHECKPOINT
 from molar_lightning.cli import build_cli
 from molar_lightning.reproduce.claims import CLAIM, claimed
 from molar_lightning.reproduce.profiles import Profile
@@ -29,7 +29,7 @@ from molar_lightning.reproduce.tables import Row
 from molar_lightning.user_error import SettingError, UserError
 from molar_lightning.atomic_files import write_atomically
 
-POLL_SECONDS = 10  # how often a run held by another process is looked at
+FAILURE_RECORD = "failed.json"  # a failed run's outcome, for the other processes of the same command
 MONITORED = "ndcg@10"  # what the configs' checkpoints keep the best of (val/ndcg@10)
 
 
@@ -87,7 +87,7 @@ def resume_checkpoint(folder: Path) -> Optional[Path]:
     ``interrupted.ckpt`` that SIGTERM saved mid-epoch (:mod:`~molar_lightning.callbacks.sigterm`), or the
     ``last.ckpt`` of an epoch's end. A fit that finishes removes its ``interrupted.ckpt``, so a newer one holds
     training that no ``last.ckpt`` has."""
-    candidates = [*folder.rglob("last.ckpt"), folder / SIGTERMCheckpointCallback().filename]
+    candidates = [*folder.rglob("last.ckpt"), folder / INTERRUPTED_CHECKPOINT]
     saved = [path for path in candidates if path.exists()]
     return max(saved, key=lambda path: path.stat().st_mtime, default=None)
 
@@ -111,12 +111,13 @@ class Runner:
         self.rows, self.fit_arguments, self.say = rows, fit_arguments, say
         self.item_cache: Optional[str] = None
         self.outcomes: dict[tuple[str, int], Outcome] = {}  # fitted by this process (a failed one is not refitted)
+        self.started = time.time()  # a failure recorded since then is reported; an older one is tried again
 
     def outcome(self, row: Row, seed: int, wait: bool = True) -> Optional[Outcome]:
         """The row's run for ``seed``: read back when finished before, else fitted (its ID model first) and tested.
 
-        A run that another live process holds (:mod:`.claims`) is waited for, or with ``wait=False`` left to it:
-        then the result is None."""
+        A run that another process holds (:mod:`.claims`) is waited for, or with ``wait=False`` left to it: then
+        the result is None."""
         if (run_key(row), seed) in self.outcomes:
             return self.outcomes[run_key(row), seed]
         folder = self.out / "runs" / run_key(row) / f"seed{seed}"
@@ -134,19 +135,27 @@ class Runner:
                       "--trainer.default_root_dir", str(folder), "--seed_everything", str(seed),
                       "--evaluation.per_user", "true", "--trainer.enable_progress_bar", "false",
                       "--trainer.enable_model_summary", "false", *self.fit_arguments]
-        said_waiting = False
-        while not record.is_file():
-            with claimed(folder) as mine:
-                if mine and not record.is_file():  # (finished by its holder between the check and the claim)
-                    self.outcomes[run_key(row), seed] = self._fit(row, seed, folder, record, arguments)
-                    return self.outcomes[run_key(row), seed]
-            if not wait:
-                return None
-            if not said_waiting:
-                self.say(f"{row.name}, seed {seed}: waiting for the process that holds {folder / CLAIM}")
-                said_waiting = True
-            time.sleep(POLL_SECONDS)
-        return self._finished(record, arguments)
+        if record.is_file():
+            return self._finished(record, arguments)
+        with claimed(folder) as mine:
+            if mine:
+                return self._held(row, seed, folder, record, arguments)
+        if not wait:
+            return None
+        self.say(f"{row.name}, seed {seed}: waiting for the process that holds {folder / CLAIM}")
+        with claimed(folder, block=True):
+            return self._held(row, seed, folder, record, arguments)
+
+    def _held(self, row: Row, seed: int, folder: Path, record: Path, arguments: list[str]) -> Outcome:
+        """The run's outcome while this process holds its claim: finished by the process that held it before,
+        failed in another process since this command started (not trained again), or fitted now."""
+        if record.is_file():
+            return self._finished(record, arguments)
+        failure = folder / FAILURE_RECORD
+        if failure.is_file() and failure.stat().st_mtime >= self.started:
+            return Outcome(**json.loads(failure.read_text()))
+        self.outcomes[run_key(row), seed] = self._fit(row, seed, folder, record, arguments)
+        return self.outcomes[run_key(row), seed]
 
     def _fit(self, row: Row, seed: int, folder: Path, record: Path, arguments: list[str]) -> Outcome:
         """Fit and test the run in ``folder`` (resuming what a stopped one left) and write its ``record``."""
@@ -165,6 +174,7 @@ class Runner:
             folder.mkdir(parents=True, exist_ok=True)
             write_atomically(folder / "error.txt", traceback.format_exc())
             outcome = Outcome(run_key(row), seed, "failed", error=f"{type(error).__name__}: {error}".splitlines()[0])
+            write_atomically(folder / FAILURE_RECORD, json.dumps(asdict(outcome), indent=2))
             self.say(f"{row.name}, seed {seed}: failed ({outcome.error}); traceback in {folder / 'error.txt'}")
             return outcome
         log_dir = Path(cli.trainer.log_dir)
@@ -204,7 +214,8 @@ class Runner:
         if row.items == "none":
             return None
         if self.item_cache is None:
-            self.say(f"embedding the items with {self.profile.text_encoder} (once)")
-            self.item_cache = self.profile.item_cache(self.data, self.data_dir, str(self.out / "data"),
-                                                      self.out / "item_embeddings")
+            with claimed(self.out / "item_embeddings", block=True):  # one process embeds; the others read its cache
+                self.say(f"embedding the items with {self.profile.text_encoder} (once)")
+                self.item_cache = self.profile.item_cache(self.data, self.data_dir, str(self.out / "data"),
+                                                          self.out / "item_embeddings")
         return self.item_cache

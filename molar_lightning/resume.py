@@ -17,8 +17,8 @@ import torch
 def checkpoint_folder(ckpt_path: Optional[str]) -> Optional[str]:
     """Where the run that saved the checkpoint ``ckpt_path`` kept its checkpoints: the folder that its
     ModelCheckpoint state names if it is there, else the checkpoint's own folder (a sharded checkpoint, one
-    without that state, or a run moved since). None when ``ckpt_path`` is no checkpoint file or folder (None, or Lightning's ``"last"`` and other
-    keywords): Lightning's default then."""
+    without that state, or a run moved since). None when ``ckpt_path`` is no checkpoint file or folder (None,
+    or Lightning's ``"last"`` and other keywords): Lightning's default then."""
     path = Path(str(ckpt_path))
     if ckpt_path is None or not path.exists():
         return None

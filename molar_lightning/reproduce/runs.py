@@ -110,7 +110,8 @@ class Runner:
         self.data, self.data_dir, self.out, self.profile = data, data_dir, out, profile
         self.rows, self.fit_arguments, self.say = rows, fit_arguments, say
         self.item_cache: Optional[str] = None
-        self.outcomes: dict[tuple[str, int], Outcome] = {}  # fitted by this process (a failed one is not refitted)
+        self.outcomes: dict[tuple[str, int], Outcome] = {}  # fitted or read back by this process (a failed one is
+        # not refitted, a record not read twice)
         self.started = time.time()  # a failure recorded since then is reported; an older one is tried again
 
     def outcome(self, row: Row, seed: int, wait: bool = True) -> Optional[Outcome]:
@@ -136,7 +137,8 @@ class Runner:
                       "--evaluation.per_user", "true", "--trainer.enable_progress_bar", "false",
                       "--trainer.enable_model_summary", "false", *self.fit_arguments]
         if record.is_file():
-            return self._finished(record, arguments)
+            self.outcomes[run_key(row), seed] = self._finished(record, arguments)  # read and checked once
+            return self.outcomes[run_key(row), seed]
         with claimed(folder) as mine:
             if mine:
                 return self._held(row, seed, folder, record, arguments)
